@@ -1,0 +1,1 @@
+"""Flows that compose the stages, and the `longbatch` CLI."""

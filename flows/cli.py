@@ -1,0 +1,295 @@
+"""The `longbatch` command. Errors the user can act on become one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+EXIT_USER_ERROR = 2
+
+
+def _prefect_defaults() -> None:
+    # Prefect's ephemeral server takes ~25 s to start on small machines, over its 20 s
+    # default; and there is no network for analytics. Users' own settings win.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,longbatch")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", default=os.environ.get("LONGBATCH_DATA_DIR", "data"), type=Path,
+                   help="data directory holding inbox/, reports/, results/ and the ledger (default: ./data)")
+
+
+def _planning(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inbox", nargs="?", type=Path, help="folder of documents (default: DATA_DIR/inbox)")
+    p.add_argument("--model", default=os.environ.get("LONGBATCH_MODEL"),
+                   help="Claude model id (default: claude-sonnet-4-6)")
+    p.add_argument("--prompt", action="append", dest="prompts", metavar="NAME_OR_FILE",
+                   help="prompt name (built-in: report, summary; or DATA_DIR/prompts/NAME.md) or a template "
+                        "file; repeat for several reports per document (default: report)")
+    p.add_argument("--max-output-tokens", type=int,
+                   help="output tokens to ask per document (default: the most the model allows in a batch, "
+                        "300,000 on models that take the 300K beta)")
+    p.add_argument("--min-output-tokens", type=int, default=8_192,
+                   help="a document that cannot get this much output does not fit (default: 8192)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="longbatch",
+        description="Long reports on very long documents with Claude's Message Batches API "
+                    "(up to 300K output tokens per document, at half price).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the main job: ingest, check fit, submit batches, wait, write reports",
+                         description="Ingest every document in the inbox, check each fits the model's context "
+                                     "window with its output budget, submit batches, wait, and write "
+                                     "reports/<document>/<prompt>.md, .json and reports/summary.csv.")
+    _common(run)
+    _planning(run)
+    run.add_argument("--simulate", action="store_true",
+                     help="use the built-in local simulator (no API key, no cost; reports are simulated)")
+    run.add_argument("--no-wait", action="store_true", help="submit and return; `longbatch collect` finishes")
+    run.add_argument("--budget-usd", type=float, help="refuse to submit if the run could cost more than this")
+    run.add_argument("--max-attempts", type=int, default=3,
+                     help="tries per request for expired, canceled or transient errors (default: 3)")
+
+    plan = sub.add_parser("plan", help="everything up to submission, nothing sent: sizes, tokens, fit, cost",
+                          description="Show, per document and prompt, its size, estimated tokens, whether it "
+                                      "fits, the granted max_tokens, its batch and the cost estimate. Nothing "
+                                      "is sent; the table is also written to DATA_DIR/plan.csv.")
+    _common(plan)
+    _planning(plan)
+
+    collect = sub.add_parser("collect", help="look at pending batches, assemble what ended",
+                             description="Poll every pending batch, write the reports of those that ended and "
+                                         "update summary.csv. Retryable requests are resubmitted by the next run.")
+    _common(collect)
+    collect.add_argument("--simulate", action="store_true", help="talk to the built-in simulator")
+    collect.add_argument("--wait", action="store_true", help="wait until every pending batch has ended")
+
+    status = sub.add_parser("status", help="pending batches and requests")
+    _common(status)
+    usage = sub.add_parser("usage", help="tokens and money spent, from the ledger")
+    _common(usage)
+
+    sim = sub.add_parser("simulator", help="run the local Batches API simulator as a server",
+                         description="Serve the simulator on HOST:PORT. Point longbatch (or any Anthropic SDK) "
+                                     "at it with ANTHROPIC_BASE_URL=http://HOST:PORT and any ANTHROPIC_API_KEY.")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8765)
+    sim.add_argument("--processing-seconds", type=float, default=5.0, help="time a batch takes to end")
+    sim.add_argument("--output-tokens", type=int, default=1_500, help="length of each simulated report")
+    sim.add_argument("--expiry-seconds", type=float, default=24 * 3600.0, help="when unfinished batches expire")
+    sim.add_argument("--state-dir", type=Path, help="keep batches here so they survive a restart")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _prefect_defaults()
+    from longbatch.errors import LongbatchError
+
+    try:
+        return COMMANDS[args.command](args)
+    except LongbatchError as exc:
+        print(f"longbatch: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("longbatch: interrupted; submitted batches go on. `longbatch run` or `collect` resumes.",
+              file=sys.stderr)
+        return 130
+
+
+def _run_params(args: argparse.Namespace, **extra: Any):  # noqa: ANN202
+    from flows.process import RunParameters
+
+    values: dict[str, Any] = {"data_dir": str(args.data_dir), "min_output_tokens": args.min_output_tokens}
+    if args.inbox:
+        values["inbox"] = str(args.inbox)
+    if args.model:
+        values["model"] = args.model
+    if args.prompts:
+        values["prompts"] = args.prompts
+    if args.max_output_tokens:
+        values["max_output_tokens"] = args.max_output_tokens
+    return RunParameters(**values, **extra)
+
+
+def _preflight(params: Any) -> None:
+    """Checks that need no document: fail fast, before Prefect starts or anything is written."""
+    from flows.process import check_api_access
+    from longbatch.catalog import get_model
+    from tasks.prompts import load_prompt
+
+    settings = params.settings()
+    check_api_access(settings)
+    get_model(settings.model)
+    for p in settings.prompts:
+        load_prompt(p, settings.data_dir)
+    if not params.inbox_path.is_dir():
+        from longbatch.errors import ConfigError
+
+        raise ConfigError(f"Inbox {params.inbox_path} is not a folder. Put documents in it, or name another "
+                          "folder: `longbatch run PATH`.")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    params = _run_params(args, wait=not args.no_wait, simulate=args.simulate, budget_usd=args.budget_usd,
+                         max_attempts=args.max_attempts)
+    _preflight(params)
+    from flows.process import process_documents
+
+    result = process_documents(params)
+    _print_summary(Path(result["summary_csv"]), args.data_dir)
+    if args.no_wait:
+        print("Submitted. Run `longbatch collect" + (" --simulate" if args.simulate else "")
+              + "` later (or `longbatch status`) to gather the reports.")
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    import pandas as pd
+
+    from flows.process import build_plan
+    from longbatch.fsutil import atomic_write_text
+
+    params = _run_params(args)
+    settings = params.settings()
+    if not params.inbox_path.is_dir():
+        from longbatch.errors import ConfigError
+
+        raise ConfigError(f"Inbox {params.inbox_path} is not a folder.")
+    plan, model = build_plan(params, settings)
+    frame = pd.DataFrame([asdict(r) for r in plan.rows])
+    if frame.empty:
+        print(f"No documents in {params.inbox_path}.")
+        return 0
+    out = settings.data_dir / "plan.csv"
+    atomic_write_text(out, frame.to_csv(index=False))
+    show = frame[["source", "prompt", "status", "pages", "chars", "est_input_tokens", "upper_input_tokens",
+                  "granted_max_tokens", "batch", "max_cost_usd"]].copy()
+    show["source"] = show["source"].str.slice(0, 48)
+    print(show.to_string(index=False, na_rep="-"))
+    reasons = frame[frame["status"] != "ready"][["source", "reason"]]
+    if not reasons.empty:
+        print("\nNot sent:")
+        for _, r in reasons.iterrows():
+            print(f"  {r['source']}: {r['reason']}")
+    print(f"\n{len(plan.rows)} row(s), {len(plan.requests)} request(s) in {len(plan.batches)} batch(es) for "
+          f"{model.id}. Estimated input cost ${plan.est_input_usd:,.2f}; at most ${plan.max_cost_usd:,.2f} if every "
+          f"granted output token is used (batch prices, 50% off). Written to {out}.")
+    return 0
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    from flows.process import check_api_access, collect_batches
+    from longbatch.settings import Settings
+
+    check_api_access(Settings(data_dir=args.data_dir, simulate=args.simulate))
+    result = collect_batches(data_dir=str(args.data_dir), simulate=args.simulate, wait=args.wait)
+    _print_summary(Path(result["summary_csv"]), args.data_dir)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from longbatch.ledger import Ledger
+
+    if not (args.data_dir / "ledger.sqlite").exists() and not os.environ.get("LONGBATCH_DATABASE_URL"):
+        print(f"No ledger in {args.data_dir}: nothing has been submitted from there yet.")
+        return 0
+    ledger = Ledger.for_data_dir(args.data_dir, os.environ.get("LONGBATCH_DATABASE_URL"))
+    pending = ledger.batches_in_state("intent", "unknown", "submitted", "ended")
+    now = time.time()
+    if not pending:
+        print("No pending batches.")
+    for b in pending:
+        age = now - (b.created_at or b.intent_at)
+        print(f"{b.api_id or b.id}  {b.state:<9}  {b.request_count:>6} request(s)  age {_age(age)}")
+    states: dict[str, int] = {}
+    for state in ("queued", "submitting", "submitted", "retryable", "succeeded", "failed"):
+        n = len(ledger.requests_in_state(state))
+        if n:
+            states[state] = n
+    print("Requests: " + (", ".join(f"{v} {k}" for k, v in states.items()) or "none"))
+    ledger.close()
+    return 0
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from longbatch.ledger import Ledger
+
+    if not (args.data_dir / "ledger.sqlite").exists() and not os.environ.get("LONGBATCH_DATABASE_URL"):
+        print(f"No ledger in {args.data_dir}: nothing spent.")
+        return 0
+    ledger = Ledger.for_data_dir(args.data_dir, os.environ.get("LONGBATCH_DATABASE_URL"))
+    frame = pd.DataFrame(ledger.usage_rows())
+    ledger.close()
+    if frame.empty:
+        print("No results yet: nothing spent.")
+        return 0
+    billed = frame[frame["result_type"] == "succeeded"]
+    table = billed.groupby("model")[["input_tokens", "output_tokens", "cost_usd"]].sum()
+    table["requests"] = billed.groupby("model").size()
+    print(table.to_string(float_format=lambda v: f"{v:,.4f}"))
+    print(f"\nTotal: ${billed['cost_usd'].sum():,.4f} for {len(billed)} succeeded request(s); "
+          f"{len(frame) - len(billed)} unbilled (errored, canceled or expired).")
+    return 0
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    from simulator.engine import SimConfig
+    from simulator.server import SimulatorServer
+
+    config = SimConfig(processing_seconds=args.processing_seconds, output_tokens=args.output_tokens,
+                       expiry_seconds=args.expiry_seconds, state_dir=args.state_dir)
+    server = SimulatorServer(config, host=args.host, port=args.port)
+    print(f"longbatch simulator on {server.url} — set ANTHROPIC_BASE_URL={server.url} and any "
+          "ANTHROPIC_API_KEY. Ctrl-C stops it.", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _print_summary(path: Path, data_dir: Path) -> None:
+    import pandas as pd
+
+    frame = pd.read_csv(path)
+    if frame.empty:
+        print("The inbox is empty: nothing to do.")
+        return
+    show = frame[["source", "prompt", "status", "output_tokens", "cost_usd", "reason"]].copy()
+    show["source"] = show["source"].str.slice(0, 48)
+    show["reason"] = show["reason"].fillna("").str.slice(0, 70)
+    print(show.to_string(index=False, na_rep="-"))
+    counts = frame["status"].value_counts()
+    print("\n" + ", ".join(f"{v} {k}" for k, v in counts.items()) + f". Reports in {data_dir / 'reports'}; "
+          f"table in {path}.")
+
+
+COMMANDS = {"run": cmd_run, "plan": cmd_plan, "collect": cmd_collect, "status": cmd_status,
+            "usage": cmd_usage, "simulator": cmd_simulator}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""The flows: documents -> plan -> batches -> results -> reports.
+
+`process_documents` is the main job (`longbatch run`); `collect_batches` finishes what a
+`--no-wait` run or a crashed run left pending (`longbatch collect`, and the collector
+deployment). Both can be called from Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import anthropic
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict, Field
+
+from longbatch.catalog import DEFAULT_MODEL, ModelSpec, get_model
+from longbatch.client import make_client
+from longbatch.errors import ConfigError
+from longbatch.ledger import Ledger
+from longbatch.settings import Settings
+from tasks import batches as batch_io
+from tasks.collect import CollectStats, collect_batch, settle_retries
+from tasks.ingest import Document, IngestFailure, discover, read_document
+from tasks.packing import pack
+from tasks.plan import Plan, make_plan
+from tasks.prompts import Prompt, load_prompt
+from tasks.reports import write_summary
+
+SIMULATED_KEY = "simulated-no-key-needed"
+
+
+class RunParameters(BaseModel):
+    """What a run needs. In the Prefect UI these fields are the form of a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_dir: str = Field("data", description="Data directory: reports/, results/ and the ledger live here.")
+    inbox: str | None = Field(None, description="Folder of documents (.pdf, .txt, .md); default: <data_dir>/inbox.")
+    model: str = Field(DEFAULT_MODEL, description="Claude model id, e.g. claude-sonnet-4-6 or claude-opus-4-6.")
+    prompts: list[str] = Field(["report"], description="Prompt names (built-in: report, summary) or template files.")
+    max_output_tokens: int | None = Field(
+        None, ge=1, description="Output tokens asked per document; empty = the most the model allows in a batch.")
+    min_output_tokens: int = Field(8_192, ge=1, description="A document that cannot get this much output does not fit.")
+    wait: bool = Field(True, description="Wait for the batches and write reports; off = submit and return.")
+    budget_usd: float | None = Field(
+        None, ge=0, description="Refuse to submit when the most this run could cost exceeds this many dollars.")
+    simulate: bool = Field(False, description="Use the built-in local simulator instead of the Anthropic API.")
+    max_attempts: int = Field(3, ge=1, le=10, description="Tries per request for expired/canceled/transient errors.")
+
+    def settings(self) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": Path(self.data_dir), "model": self.model, "prompts": self.prompts,
+            "max_output_tokens": self.max_output_tokens, "min_output_tokens": self.min_output_tokens,
+            "budget_usd": self.budget_usd, "simulate": self.simulate,
+        }
+        return Settings(**values)
+
+    @property
+    def inbox_path(self) -> Path:
+        return Path(self.inbox) if self.inbox else Path(self.data_dir) / "inbox"
+
+
+class BudgetExceededError(ConfigError):
+    pass
+
+
+def check_api_access(settings: Settings) -> None:
+    """Fail before anything is created when there is no way to reach an API."""
+    if not settings.simulate:
+        make_client(settings)  # raises MissingApiKeyError with what to do
+
+
+@contextlib.contextmanager
+def api_session(settings: Settings) -> Iterator[anthropic.Anthropic]:
+    """The client for this run: the real API (or ANTHROPIC_BASE_URL), or the built-in
+    simulator on 127.0.0.1 whose state lives in the data dir, so `collect` finds its batches."""
+    if not settings.simulate:
+        yield make_client(settings)
+        return
+    from simulator.engine import SimConfig
+    from simulator.server import SimulatorServer
+
+    config = SimConfig(processing_seconds=settings.sim_processing_seconds, output_tokens=settings.sim_output_tokens,
+                       state_dir=settings.data_dir / "simulator")
+    with SimulatorServer(config) as server:
+        client = anthropic.Anthropic(api_key=SIMULATED_KEY, base_url=server.url, max_retries=4)
+        yield client
+
+
+# -- tasks: thin wrappers around the stages -------------------------------------------------
+
+@task(name="ingest-document", cache_policy=NO_CACHE)
+def ingest_document(path: Path, inbox: Path) -> Document | IngestFailure:
+    item = read_document(path, inbox)
+    if isinstance(item, IngestFailure):
+        get_run_logger().warning("%s: %s (%s)", item.source, item.reason, item.category)
+    return item
+
+
+@task(name="make-plan", cache_policy=NO_CACHE)
+def plan_task(items: list[Document | IngestFailure], prompts: list[Prompt], model: ModelSpec,
+              requested: int | None, min_output: int) -> Plan:
+    return make_plan(items, prompts, model, requested, min_output)
+
+
+@task(name="submit-batches", cache_policy=NO_CACHE)
+def submit_task(client: anthropic.Anthropic, ledger: Ledger, plan: Plan) -> list[batch_io.SubmitOutcome]:
+    """Claim this plan's new work in the ledger, pack what is queued, submit each batch once."""
+    logger = get_run_logger()
+    current = {r.fingerprint: r for r in plan.requests}
+    for req in plan.requests:
+        known = ledger.request(req.fingerprint)
+        if known is None:
+            row = plan_row_for(plan, req.custom_id)
+            ledger.claim({"fingerprint": req.fingerprint, "custom_id": req.custom_id, "doc_id": req.doc_id,
+                          "source": row.source, "sha256": row.sha256, "prompt": req.prompt, "model": req.model,
+                          "max_tokens": req.max_tokens, "betas": ",".join(req.betas)})
+        elif known["state"] == "failed" and known["error_type"] == "create_failed":
+            ledger.requeue(req.fingerprint, "failed")  # never reached the API: safe to send
+    queued = [current[r["fingerprint"]] for r in ledger.requests_in_state("queued") if r["fingerprint"] in current]
+    outcomes = []
+    for batch_plan in pack(queued):
+        outcome = batch_io.submit_batch(client, ledger, batch_plan)
+        outcomes.append(outcome)
+        if outcome.state == "failed":
+            logger.error("batch of %d requests was not created: %s", len(batch_plan.requests), outcome.error)
+    return outcomes
+
+
+def plan_row_for(plan: Plan, custom_id: str):  # noqa: ANN201 - PlanRow
+    return next(r for r in plan.rows if r.custom_id == custom_id)
+
+
+@task(name="reconcile-ledger", cache_policy=NO_CACHE)
+def reconcile_task(client: anthropic.Anthropic, ledger: Ledger, intent_grace_seconds: float) -> None:
+    """Resolve creates whose outcome was never heard (a crash or a dropped connection)."""
+    ledger.stale_intents_to_unknown(intent_grace_seconds)
+    for api_id in batch_io.recover_unknown_batches(client, ledger):
+        get_run_logger().info("adopted batch %s from an unconfirmed create", api_id)
+
+
+@task(name="wait-for-batches", cache_policy=NO_CACHE)
+def wait_task(client: anthropic.Anthropic, ledger: Ledger, settings: Settings) -> None:
+    logger = get_run_logger()
+    last: list[str] = []
+
+    def progress(statuses: list[batch_io.BatchStatus]) -> None:
+        lines = []
+        for st in statuses:
+            counts = ", ".join(f"{v} {k}" for k, v in st.counts.items() if v) or "not visible yet"
+            lines.append(f"batch {st.record.api_id}: {st.status} ({counts})")
+        if lines != last:
+            for line in lines:
+                logger.info(line)
+            last[:] = lines
+
+    batch_io.wait_for_batches(client, ledger, settings.poll_initial_seconds, settings.poll_max_seconds,
+                              settings.wait_timeout_seconds, progress)
+
+
+@task(name="collect-batch", cache_policy=NO_CACHE)
+def collect_task(client: anthropic.Anthropic, ledger: Ledger, data_dir: Path) -> list[CollectStats]:
+    stats = []
+    for record in ledger.batches_in_state("ended"):
+        st = collect_batch(client, ledger, record, data_dir)
+        get_run_logger().info("collected batch %s: %s", st.batch_id,
+                              ", ".join(f"{v} {k}" for k, v in sorted(st.counts.items())))
+        stats.append(st)
+    return stats
+
+
+def finish_pending(client: anthropic.Anthropic, ledger: Ledger, settings: Settings, max_attempts: int,
+                   plan: Plan | None) -> None:
+    """Wait, collect, retry what may be retried (while the plan has the requests), until done."""
+    while True:
+        wait_task(client, ledger, settings)
+        collect_task(client, ledger, settings.data_dir)
+        requeued = settle_retries(ledger, max_attempts)
+        if not requeued:
+            return
+        get_run_logger().info("resubmitting %d request(s) that expired, were canceled or hit transient errors",
+                              len(requeued))
+        if plan is None or not any(r.fingerprint in set(requeued) for r in plan.requests):
+            return  # `collect` without the documents: the next `run` resubmits them
+        submit_task(client, ledger, plan)
+
+
+def _check_budget(plan: Plan, ledger: Ledger, budget: float | None) -> None:
+    """Refuse before sending when the new work could cost more than the budget. Work the
+    ledger already holds was paid for (or is in flight) and does not count again."""
+    if budget is None:
+        return
+    fingerprints = {r.custom_id: r.fingerprint for r in plan.requests}
+    new_cost = sum(row.max_cost_usd for row in plan.rows
+                   if row.custom_id and ledger.request(fingerprints[row.custom_id]) is None)
+    if new_cost > budget:
+        raise BudgetExceededError(
+            f"This run could cost up to ${new_cost:,.2f} (every granted output token used), over the budget "
+            f"of ${budget:,.2f}. Nothing was sent. Lower --max-output-tokens, use fewer documents or "
+            f"prompts, or raise --budget-usd. `longbatch plan` shows the cost per document."
+        )
+
+
+def build_plan(params: RunParameters, settings: Settings) -> tuple[Plan, ModelSpec]:
+    """Ingest and plan without Prefect: `longbatch plan` uses it directly, nothing is sent."""
+    model = get_model(settings.model)
+    prompts = [load_prompt(p, settings.data_dir) for p in settings.prompts]
+    inbox = params.inbox_path
+    items = [read_document(path, inbox) for path in discover(inbox)]
+    return make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens), model
+
+
+@flow(name="process-documents")
+def process_documents(params: RunParameters | None = None) -> dict[str, Any]:
+    """Ingest every document in the inbox, check each fits with its output budget, submit the
+    new work as batches, wait for them, and write the reports and summary.csv."""
+    params = params or RunParameters()
+    settings = params.settings()
+    logger = get_run_logger()
+    check_api_access(settings)
+    model = get_model(settings.model)
+    prompts = [load_prompt(p, settings.data_dir) for p in settings.prompts]
+    inbox = params.inbox_path
+    paths = discover(inbox)
+    logger.info("inbox %s: %d file(s); model %s; prompts %s", inbox, len(paths), model.id,
+                ", ".join(p.name for p in prompts))
+
+    items = ingest_document.map(paths, inbox=inbox).result() if paths else []
+    plan = plan_task(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens)
+    ledger = Ledger.for_data_dir(settings.data_dir, _database_url())
+    try:
+        ledger.record_plan(_plan_records(plan))
+        _check_budget(plan, ledger, settings.budget_usd)
+        with api_session(settings) as client:
+            reconcile_task(client, ledger, settings.intent_grace_seconds)
+            submit_task(client, ledger, plan)
+            if params.wait:
+                finish_pending(client, ledger, settings, params.max_attempts, plan)
+        summary = write_summary(ledger, settings.data_dir)
+    finally:
+        ledger.close()
+    return _result(summary)
+
+
+@flow(name="collect-batches")
+def collect_batches(data_dir: str = "data", simulate: bool = False, wait: bool = False,
+                    max_attempts: int = 3) -> dict[str, Any]:
+    """Look at every pending batch, assemble what ended, and (with `wait`) wait for the rest.
+    Retryable requests are resubmitted by the next `run`, which has the documents."""
+    settings = Settings(data_dir=Path(data_dir), simulate=simulate)
+    check_api_access(settings)
+    ledger = Ledger.for_data_dir(settings.data_dir, _database_url())
+    try:
+        with api_session(settings) as client:
+            reconcile_task(client, ledger, settings.intent_grace_seconds)
+            if wait:
+                finish_pending(client, ledger, settings, max_attempts, None)
+            else:
+                for record in ledger.batches_in_state("submitted"):
+                    st = batch_io.poll_once(client, record)
+                    if st.status == "ended":
+                        ledger.record_ended(record.id, st.ended_at or 0.0, st.counts)
+                collect_task(client, ledger, settings.data_dir)
+                settle_retries(ledger, max_attempts)
+        summary = write_summary(ledger, settings.data_dir)
+    finally:
+        ledger.close()
+    return _result(summary)
+
+
+def _database_url() -> str | None:
+    import os
+
+    return os.environ.get("LONGBATCH_DATABASE_URL") or None
+
+
+def _plan_records(plan: Plan) -> list[dict[str, Any]]:
+    fingerprints = {r.custom_id: r.fingerprint for r in plan.requests}
+    return [{**asdict(row), "fingerprint": fingerprints.get(row.custom_id or "")} for row in plan.rows]
+
+
+def _result(summary_path: Path) -> dict[str, Any]:
+    import pandas as pd
+
+    frame = pd.read_csv(summary_path)
+    return {"summary_csv": str(summary_path), "rows": len(frame),
+            "by_status": {str(k): int(v) for k, v in frame["status"].value_counts().items()}}
+

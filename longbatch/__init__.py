@@ -1,0 +1,1 @@
+"""longbatch core: settings, the model catalogue, token estimates, errors and file helpers."""

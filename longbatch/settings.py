@@ -1,0 +1,66 @@
+"""All configuration in one pydantic-settings class: environment variables, then CLI flags.
+
+Environment variables are prefixed LONGBATCH_ (LONGBATCH_DATA_DIR, LONGBATCH_MODEL, ...), except
+the two the Anthropic SDK itself reads: ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from longbatch.catalog import DEFAULT_MODEL
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LONGBATCH_", extra="ignore")
+
+    data_dir: Path = Field(Path("data"), description="Where inbox/, reports/ and the ledger live.")
+    model: str = Field(DEFAULT_MODEL, description="Claude model id.")
+    prompts: list[str] = Field(default_factory=lambda: ["report"], description="Prompt names or files.")
+    max_output_tokens: int | None = Field(
+        None, description="Output budget asked per request; default: the most the model allows in a batch."
+    )
+    min_output_tokens: int = Field(
+        8_192, description="A document that cannot get at least this much output does not fit."
+    )
+    budget_usd: float | None = Field(None, description="Refuse to submit when the estimate exceeds this.")
+
+    simulate: bool = Field(False, description="Use the built-in local Batches API simulator.")
+    api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "LONGBATCH_API_KEY")
+    )
+    base_url: str | None = Field(
+        None, validation_alias=AliasChoices("ANTHROPIC_BASE_URL", "LONGBATCH_BASE_URL")
+    )
+
+    # Waiting: poll with backoff up to a deadline (a batch ends within 24 h by contract).
+    poll_initial_seconds: float = 2.0
+    poll_max_seconds: float = 60.0
+    wait_timeout_seconds: float = 25 * 3600.0
+    # A create still unconfirmed after this long is looked up on the server (and requeued if
+    # absent). Longer than the client's request timeout, so a live create is never second-guessed.
+    intent_grace_seconds: float = 900.0
+
+    # Simulator knobs for --simulate (the standalone `longbatch simulator` takes flags).
+    sim_processing_seconds: float = 1.0
+    sim_output_tokens: int = 1_500
+
+    @property
+    def inbox(self) -> Path:
+        return self.data_dir / "inbox"
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.data_dir / "reports"
+
+    @property
+    def results_dir(self) -> Path:
+        """Raw batch results, kept locally: the API deletes them after 29 days."""
+        return self.data_dir / "results"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite"

@@ -1,0 +1,1 @@
+"""A local simulator of the Anthropic Message Batches API (and count_tokens, models), for users and tests."""

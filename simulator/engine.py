@@ -1,0 +1,352 @@
+"""The simulated Message Batches service: state, validation and results, without HTTP.
+
+It behaves like the real service where longbatch depends on it:
+* creation checks the envelope (request count, custom_id format and uniqueness); the params
+  of each request are validated asynchronously and a bad one comes back `errored`;
+* `max_tokens` above the model's standard maximum needs the batch-level 300K beta, on a
+  model that supports it; `betas` inside params is an error;
+* input over the window is errored ("prompt is too long"); input + max_tokens over it stops
+  early with `model_context_window_exceeded`;
+* requests finish over a configurable processing time; cancel and the (scalable) 24 h
+  expiry end the unfinished ones; results are JSONL, in an order that is not request order.
+
+Markers in a document steer single requests, for tests: `[[simulate:refusal]]`,
+`[[simulate:expired]]`, `[[simulate:error=TYPE]]`, `[[simulate:output_tokens=N]]`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from longbatch.catalog import ALIASES, BUILTIN_MODELS, OUTPUT_300K_BETA, OUTPUT_300K_MAX, ModelSpec
+from longbatch.fsutil import atomic_write_bytes
+from simulator import outline
+from simulator.tokens import REQUEST_OVERHEAD, count_for_family
+
+CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+MARKER = re.compile(r"\[\[simulate:([a-z_]+)(?:=([A-Za-z0-9_]+))?\]\]")
+ALLOWED_PARAMS = {
+    "model", "max_tokens", "messages", "system", "metadata", "stop_sequences", "temperature",
+    "top_p", "top_k", "tools", "tool_choice", "thinking", "container", "service_tier",
+    "output_config", "context_management", "mcp_servers",
+}
+
+
+class ApiError(Exception):
+    """An HTTP error answer: status, the API's error type, and its message."""
+
+    def __init__(self, status: int, error_type: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.message = message
+
+
+@dataclass
+class SimConfig:
+    processing_seconds: float = 2.0  # time for a whole batch to finish
+    output_tokens: int = 1_500  # length the simulated model aims for in each report
+    expiry_seconds: float = 24 * 3600.0  # scaled down in tests to exercise `expired`
+    max_batch_requests: int = 100_000
+    max_body_bytes: int = 256_000_000
+    state_dir: Path | None = None  # where batches survive a restart; in memory when None
+
+
+@dataclass
+class SimBatch:
+    id: str
+    created_at: float
+    betas: tuple[str, ...]
+    requests: list[dict[str, Any]]
+    cancel_at: float | None = None
+    results: bytes | None = None  # JSONL, made once the batch has ended
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"id": self.id, "created_at": self.created_at, "betas": list(self.betas),
+                "requests": self.requests, "cancel_at": self.cancel_at}
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def resolve_model(model_id: str) -> ModelSpec | None:
+    return BUILTIN_MODELS.get(ALIASES.get(model_id, model_id))
+
+
+def request_text(params: dict[str, Any]) -> str:
+    """All the text a request sends (system prompt and message contents)."""
+    parts: list[str] = []
+    system = params.get("system")
+    if isinstance(system, str):
+        parts.append(system)
+    elif isinstance(system, list):
+        parts.extend(b.get("text", "") for b in system if isinstance(b, dict))
+    for message in params.get("messages") or []:
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts.extend(b.get("text", "") for b in content if isinstance(b, dict))
+    return "\n".join(parts)
+
+
+def count_request_tokens(params: dict[str, Any], spec: ModelSpec) -> int:
+    return REQUEST_OVERHEAD + count_for_family(request_text(params), spec.tokenizer)
+
+
+class Simulator:
+    def __init__(self, config: SimConfig | None = None) -> None:
+        self.config = config or SimConfig()
+        self._lock = threading.RLock()
+        self._batches: dict[str, SimBatch] = {}
+        self.create_log: list[tuple[str, list[str]]] = []  # (batch id, custom ids) per create
+        if self.config.state_dir:
+            self._load()
+
+    # -- batches -----------------------------------------------------------------------------
+
+    def create(self, body: Any, betas: tuple[str, ...]) -> dict[str, Any]:
+        requests = body.get("requests") if isinstance(body, dict) else None
+        if not isinstance(requests, list) or not requests:
+            raise ApiError(400, "invalid_request_error", "requests: at least one request is required")
+        if len(requests) > self.config.max_batch_requests:
+            raise ApiError(400, "invalid_request_error",
+                           f"requests: a batch holds at most {self.config.max_batch_requests:,} requests, got {len(requests):,}")
+        seen: set[str] = set()
+        for i, req in enumerate(requests):
+            cid = req.get("custom_id") if isinstance(req, dict) else None
+            if not isinstance(cid, str) or not CUSTOM_ID.match(cid):
+                raise ApiError(400, "invalid_request_error",
+                               f"requests.{i}.custom_id: must match ^[a-zA-Z0-9_-]{{1,64}}$, got {cid!r}")
+            if cid in seen:
+                raise ApiError(400, "invalid_request_error", f"requests.{i}.custom_id: duplicate custom_id {cid!r}")
+            seen.add(cid)
+            if not isinstance(req.get("params"), dict):
+                raise ApiError(400, "invalid_request_error", f"requests.{i}.params: an object is required")
+        batch = SimBatch(f"msgbatch_{uuid.uuid4().hex[:24]}", time.time(), tuple(betas), requests)
+        with self._lock:
+            self._batches[batch.id] = batch
+            self.create_log.append((batch.id, [r["custom_id"] for r in requests]))
+            self._save(batch)
+        return self._view(batch)
+
+    def retrieve(self, batch_id: str) -> dict[str, Any]:
+        return self._view(self._get(batch_id))
+
+    def list(self, limit: int = 20, after_id: str | None = None, before_id: str | None = None) -> dict[str, Any]:
+        with self._lock:
+            ordered = sorted(self._batches.values(), key=lambda b: b.created_at, reverse=True)
+        ids = [b.id for b in ordered]
+        if after_id in ids:
+            ordered = ordered[ids.index(after_id) + 1:]
+        elif before_id in ids:
+            ordered = ordered[: ids.index(before_id)]
+        page = ordered[: max(1, min(limit, 1000))]
+        data = [self._view(b) for b in page]
+        return {"data": data, "has_more": len(ordered) > len(page),
+                "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+
+    def cancel(self, batch_id: str) -> dict[str, Any]:
+        batch = self._get(batch_id)
+        with self._lock:
+            if batch.cancel_at is None and not self._ended(batch):
+                batch.cancel_at = time.time()
+                self._save(batch)
+        return self._view(batch)
+
+    def delete(self, batch_id: str) -> dict[str, Any]:
+        batch = self._get(batch_id)
+        if not self._ended(batch):
+            raise ApiError(400, "invalid_request_error", "a batch can be deleted only once it has ended; cancel it first")
+        with self._lock:
+            del self._batches[batch_id]
+            if self.config.state_dir:
+                for suffix in (".json", ".results.jsonl"):
+                    (self.config.state_dir / f"{batch_id}{suffix}").unlink(missing_ok=True)
+        return {"id": batch_id, "type": "message_batch_deleted"}
+
+    def results(self, batch_id: str) -> bytes:
+        batch = self._get(batch_id)
+        if not self._ended(batch):
+            raise ApiError(400, "invalid_request_error", f"batch {batch_id} has not ended: no results yet")
+        return self._results(batch)
+
+    # -- other endpoints ---------------------------------------------------------------------
+
+    def count_tokens(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_request_error", "body: an object is required")
+        spec = resolve_model(str(body.get("model")))
+        if spec is None:
+            raise ApiError(404, "not_found_error", f"model: {body.get('model')!r} not found")
+        return {"input_tokens": count_request_tokens(body, spec)}
+
+    def models(self) -> dict[str, Any]:
+        data = [self.model(m) for m in BUILTIN_MODELS]
+        return {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        spec = resolve_model(model_id)
+        if spec is None:
+            raise ApiError(404, "not_found_error", f"model: {model_id!r} not found")
+        return {"type": "model", "id": spec.id, "display_name": spec.display_name,
+                "created_at": "2026-01-01T00:00:00Z", "max_input_tokens": spec.context_window,
+                "max_tokens": spec.max_output, "lifecycle": spec.lifecycle}
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _get(self, batch_id: str) -> SimBatch:
+        with self._lock:
+            batch = self._batches.get(batch_id)
+        if batch is None:
+            raise ApiError(404, "not_found_error", f"message batch {batch_id!r} not found")
+        return batch
+
+    def _end_time(self, batch: SimBatch) -> float:
+        natural = batch.created_at + self.config.processing_seconds
+        limit = batch.created_at + self.config.expiry_seconds
+        stop = min(natural, limit)
+        return min(stop, batch.cancel_at) if batch.cancel_at is not None else stop
+
+    def _ended(self, batch: SimBatch) -> bool:
+        return time.time() >= self._end_time(batch)
+
+    def _view(self, batch: SimBatch) -> dict[str, Any]:
+        ended = self._ended(batch)
+        n = len(batch.requests)
+        if ended:
+            self._results(batch)
+            counts = {k: batch.counts.get(k, 0) for k in ("succeeded", "errored", "canceled", "expired")}
+            counts["processing"] = 0
+            status = "ended"
+        else:
+            counts = {"processing": n, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
+            status = "canceling" if batch.cancel_at is not None else "in_progress"
+        return {
+            "id": batch.id, "type": "message_batch", "processing_status": status,
+            "request_counts": counts,
+            "created_at": _iso(batch.created_at),
+            "expires_at": _iso(batch.created_at + self.config.expiry_seconds),
+            "ended_at": _iso(self._end_time(batch)) if ended else None,
+            "cancel_initiated_at": _iso(batch.cancel_at),
+            "archived_at": None,
+            "results_url": f"/v1/messages/batches/{batch.id}/results" if ended else None,
+        }
+
+    def _results(self, batch: SimBatch) -> bytes:
+        with self._lock:
+            if batch.results is None:
+                stored = self._results_path(batch)
+                if stored and stored.exists():
+                    batch.results = stored.read_bytes()
+                    for line in batch.results.splitlines():
+                        kind = json.loads(line)["result"]["type"]
+                        batch.counts[kind] = batch.counts.get(kind, 0) + 1
+                else:
+                    batch.results = self._make_results(batch)
+                    if stored:
+                        atomic_write_bytes(stored, batch.results)
+            return batch.results
+
+    def _make_results(self, batch: SimBatch) -> bytes:
+        n = len(batch.requests)
+        end = self._end_time(batch)
+        lines = []
+        # Request i finishes at an even share of the processing time; requests not finished
+        # when the batch was cut (cancel, expiry) end canceled or expired.
+        for i, req in enumerate(batch.requests):
+            done_at = batch.created_at + self.config.processing_seconds * (i + 1) / n
+            if done_at > end + 1e-9:
+                kind = "canceled" if batch.cancel_at is not None and batch.cancel_at <= end else "expired"
+                result: dict[str, Any] = {"type": kind}
+            else:
+                result = self._process(req["params"], batch.betas)
+            batch.counts[result["type"]] = batch.counts.get(result["type"], 0) + 1
+            lines.append(json.dumps({"custom_id": req["custom_id"], "result": result}, ensure_ascii=False))
+        # Results come back in any order: reverse pairs so no caller can rely on request order.
+        order = list(range(n))
+        order[::2] = order[::2][::-1]
+        return ("\n".join(lines[i] for i in order) + "\n").encode("utf-8")
+
+    def _process(self, params: dict[str, Any], betas: tuple[str, ...]) -> dict[str, Any]:
+        def errored(error_type: str, message: str) -> dict[str, Any]:
+            return {"type": "errored", "error": {"type": "error", "error": {"type": error_type, "message": message},
+                                                 "request_id": f"req_{uuid.uuid4().hex[:24]}"}}
+
+        extra = sorted(set(params) - ALLOWED_PARAMS)
+        if "betas" in params:
+            return errored("invalid_request_error",
+                           "betas: not a request parameter; beta headers are set per batch (anthropic-beta)")
+        if extra:
+            return errored("invalid_request_error", f"{extra[0]}: Extra inputs are not permitted")
+        spec = resolve_model(str(params.get("model")))
+        if spec is None:
+            return errored("invalid_request_error", f"model: {params.get('model')!r} is not a known model")
+        max_tokens = params.get("max_tokens")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            return errored("invalid_request_error", "max_tokens: a positive integer is required")
+        allowed = OUTPUT_300K_MAX if (spec.supports_300k and OUTPUT_300K_BETA in betas) else spec.max_output
+        if max_tokens > allowed:
+            return errored("invalid_request_error",
+                           f"max_tokens: {max_tokens} > {allowed}, which is the maximum allowed number of "
+                           f"output tokens for {spec.id}")
+        if not params.get("messages"):
+            return errored("invalid_request_error", "messages: at least one message is required")
+        text = request_text(params)
+        markers = {m.group(1): m.group(2) for m in MARKER.finditer(text)}
+        if "error" in markers:
+            return errored(markers["error"] or "api_error", "simulated failure requested by a [[simulate:error]] marker")
+        if "expired" in markers:
+            return {"type": "expired"}
+        input_tokens = count_request_tokens(params, spec)
+        if input_tokens > spec.context_window:
+            return errored("invalid_request_error",
+                           f"prompt is too long: {input_tokens} tokens > {spec.context_window} maximum")
+        room = spec.context_window - input_tokens
+        target = int(markers.get("output_tokens") or self.config.output_tokens)
+        if "refusal" in markers:
+            body, stop = "I can't help with writing this report.", "refusal"
+        else:
+            cap = min(max_tokens, room)
+            body, _, cut = outline.generate(text, min(target, cap), spec.tokenizer)
+            if cut and target > cap:
+                stop = "max_tokens" if max_tokens <= room else "model_context_window_exceeded"
+            else:
+                stop = "end_turn"
+        message = {
+            "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": spec.id,
+            "content": [{"type": "text", "text": body}], "stop_reason": stop, "stop_sequence": None,
+            "usage": {"input_tokens": input_tokens, "output_tokens": count_for_family(body, spec.tokenizer),
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "service_tier": "batch"},
+        }
+        return {"type": "succeeded", "message": message}
+
+    # -- persistence -------------------------------------------------------------------------
+
+    def _results_path(self, batch: SimBatch) -> Path | None:
+        return self.config.state_dir / f"{batch.id}.results.jsonl" if self.config.state_dir else None
+
+    def _save(self, batch: SimBatch) -> None:
+        if self.config.state_dir:
+            data = json.dumps(batch.to_state(), ensure_ascii=False).encode()
+            atomic_write_bytes(self.config.state_dir / f"{batch.id}.json", data)
+
+    def _load(self) -> None:
+        assert self.config.state_dir is not None
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        for path in sorted(self.config.state_dir.glob("msgbatch_*.json")):
+            state = json.loads(path.read_text(encoding="utf-8"))
+            batch = SimBatch(state["id"], state["created_at"], tuple(state["betas"]), state["requests"],
+                             state.get("cancel_at"))
+            self._batches[batch.id] = batch
+            self.create_log.append((batch.id, [r["custom_id"] for r in batch.requests]))

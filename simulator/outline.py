@@ -1,0 +1,93 @@
+"""The simulator's "model": a deterministic extractive outline of the document it was given.
+
+It quotes the document's own sentences section by section, so a simulated report is visibly
+about the right document, and its length is set by a token target, so tests can ask for
+short reports or ones that run into max_tokens or the context window.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from simulator.tokens import count_for_family
+
+LABEL = (
+    "> **Simulated report.** Written by the longbatch simulator, not by Claude: an extractive "
+    "outline quoting the document's own sentences, for testing the pipeline."
+)
+
+_DOC = re.compile(r"<document[^>]*>\n?(.*?)\n?</document>", re.S)
+_PAGE = re.compile(r"^--- Page (\d+) ---$", re.M)
+_HEADING = re.compile(r"^#{1,3} +(.+)$", re.M)
+_SENTENCE = re.compile(r"[^.!?。！？\n]{20,400}[.!?。！？]")
+
+
+def document_text(user_text: str) -> str:
+    m = _DOC.search(user_text)
+    return m.group(1) if m else user_text
+
+
+def _sections(text: str) -> list[tuple[str, str]]:
+    pages = _PAGE.split(text)
+    if len(pages) > 1:  # ["", "1", page1, "2", page2, ...]
+        return [(f"Page {pages[i]}", pages[i + 1]) for i in range(1, len(pages) - 1, 2)]
+    heads = list(_HEADING.finditer(text))
+    if len(heads) > 1:
+        return [(h.group(1).strip()[:80], text[h.end(): nxt.start() if nxt else len(text)])
+                for h, nxt in zip(heads, heads[1:] + [None])]
+    size = 20_000  # characters: plain text is cut into parts of about 5 pages
+    return [(f"Part {i // size + 1}", text[i: i + size]) for i in range(0, len(text), size)] or [("Part 1", "")]
+
+
+def _lines(title: str, text: str) -> Iterator[str]:
+    yield "# Report on the document"
+    yield ""
+    yield LABEL
+    yield ""
+    sections = _sections(text)
+    yield f"The document has {len(sections)} sections and {len(text):,} characters."
+    # Pass 1 quotes the first sentences of each section; later passes go deeper, so the
+    # outline can grow to any length without repeating itself until the text runs out.
+    for depth in range(0, 1000):
+        wrote = False
+        for name, body in sections:
+            sentences = _SENTENCE.findall(body)
+            chunk = sentences[depth * 3: depth * 3 + 3]
+            if not chunk:
+                continue
+            wrote = True
+            yield ""
+            yield f"## {name}" + ("" if depth == 0 else f" (continued, pass {depth + 1})")
+            for s in chunk:
+                yield f"- {' '.join(s.split())}"
+        if not wrote:
+            break
+    yield ""
+    yield "## End of outline"
+
+
+def generate(user_text: str, target_tokens: int, tokenizer: str) -> tuple[str, int, bool]:
+    """(text, output tokens, reached_target). The text is cut once `target_tokens` is reached,
+    mid-line if need be, as a real model stops at max_tokens."""
+    out: list[str] = []
+    used = 0
+    for line in _lines("", document_text(user_text)):
+        cost = count_for_family(line + "\n", tokenizer)
+        if used + cost > target_tokens:
+            words = (line + "\n").split(" ")
+            # Take words one by one while they fit: the cut is exact in tokens.
+            partial: list[str] = []
+            for w in words:
+                c = count_for_family(" ".join(partial + [w]), tokenizer)
+                if used + c > target_tokens:
+                    break
+                partial.append(w)
+            if partial:
+                text = " ".join(partial)
+                out.append(text)
+                used += count_for_family(text, tokenizer)
+            return "".join(out), used, True
+        out.append(line + "\n")
+        used += cost
+    return "".join(out), used, False

@@ -1,0 +1,1 @@
+"""The stages of longbatch: ingest -> plan (fit, build, pack) -> batches -> results -> reports."""

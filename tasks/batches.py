@@ -1,0 +1,194 @@
+"""Stage 4 — batches on the API: submit (exactly once), wait (with backoff and a deadline),
+download results (streamed to a local archive). The only stage that touches the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import anthropic
+from anthropic import omit
+
+from longbatch.client import create_client
+from longbatch.errors import WaitTimeoutError
+from longbatch.ledger import BatchRecord, Ledger
+from tasks.packing import BatchPlan
+
+log = logging.getLogger(__name__)
+
+# A batch can answer 404 for a few seconds right after create.
+NOT_FOUND_GRACE_SECONDS = 120.0
+# How far apart our intent and the server's created_at may be when matching an unknown create.
+RECOVERY_WINDOW_SECONDS = 600.0
+CREATE_RATE_LIMIT_TRIES = 5
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    local_id: str
+    api_id: str | None
+    state: str  # submitted | failed | unknown | skipped
+    error: str | None = None
+
+
+def submit_batch(client: anthropic.Anthropic, ledger: Ledger, plan: BatchPlan) -> SubmitOutcome:
+    """Record the intent, then create the batch once. A create whose outcome is unknown
+    (timeout, dropped connection, 5xx) is never blindly repeated: it is left `unknown` for
+    `recover_unknown_batches` to find on the server."""
+    local_id, won = ledger.record_intent(plan.betas, [(r.custom_id, r.fingerprint) for r in plan.requests])
+    if not won:
+        return SubmitOutcome(local_id, None, "skipped", "another run submitted these requests")
+    mine = set(won)
+    creator = create_client(client)
+    body = [r.as_request() for r in plan.requests if r.custom_id in mine]
+    for attempt in range(1, CREATE_RATE_LIMIT_TRIES + 1):
+        try:
+            created = creator.beta.messages.batches.create(requests=body, betas=list(plan.betas) or omit)
+        except anthropic.RateLimitError as exc:
+            # 429 is an answer, not a doubt: the batch was not made, so asking again is safe.
+            if attempt == CREATE_RATE_LIMIT_TRIES:
+                return _failed(ledger, local_id, f"rate limited {attempt} times: {exc.message}")
+            time.sleep(_retry_after(exc, attempt))
+            continue
+        except anthropic.APIStatusError as exc:
+            if exc.status_code >= 500:
+                return _unknown(ledger, local_id, f"HTTP {exc.status_code}: {exc.message}")
+            return _failed(ledger, local_id, f"HTTP {exc.status_code}: {exc.message}")
+        except anthropic.APIConnectionError as exc:
+            return _unknown(ledger, local_id, f"connection failed: {type(exc).__name__}")
+        ledger.record_created(local_id, created.id, created.created_at.timestamp())
+        log.info("submitted batch %s: %d requests%s", created.id, len(body),
+                 f" (betas: {', '.join(plan.betas)})" if plan.betas else "")
+        return SubmitOutcome(local_id, created.id, "submitted")
+    raise AssertionError("unreachable")
+
+
+def _failed(ledger: Ledger, local_id: str, error: str) -> SubmitOutcome:
+    ledger.record_create_failed(local_id, error, unknown=False)
+    log.error("batch was not created: %s", error)
+    return SubmitOutcome(local_id, None, "failed", error)
+
+
+def _unknown(ledger: Ledger, local_id: str, error: str) -> SubmitOutcome:
+    ledger.record_create_failed(local_id, error, unknown=True)
+    log.warning("batch create outcome unknown (%s); it will be looked up, never resent blindly", error)
+    return SubmitOutcome(local_id, None, "unknown", error)
+
+
+def _retry_after(exc: anthropic.APIStatusError, attempt: int) -> float:
+    header = exc.response.headers.get("retry-after") if exc.response is not None else None
+    try:
+        return min(float(header), 60.0) if header else min(2.0 ** attempt, 60.0)
+    except ValueError:
+        return min(2.0 ** attempt, 60.0)
+
+
+def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger) -> list[str]:
+    """Find on the server the batches whose create outcome we never heard. A server batch
+    created within the recovery window after the intent, with the same request count, and
+    not already known to the ledger, is adopted. When none is found, the create did not
+    happen and its requests go back in the queue. Returns the adopted API ids."""
+    unknown = ledger.batches_in_state("unknown")
+    if not unknown:
+        return []
+    known = {b.api_id for b in ledger.batches_in_state("submitted", "ended", "collected") if b.api_id}
+    earliest = min(b.intent_at for b in unknown) - 5.0
+    candidates = []
+    for server_batch in client.beta.messages.batches.list(limit=100):
+        created = server_batch.created_at.timestamp()
+        if created < earliest:
+            break  # newest first: everything after this is older than our intents
+        if server_batch.id not in known:
+            candidates.append(server_batch)
+    adopted = []
+    for record in unknown:
+        match = [
+            b for b in candidates
+            if record.intent_at - 5.0 <= b.created_at.timestamp() <= record.intent_at + RECOVERY_WINDOW_SECONDS
+            and sum(b.request_counts.to_dict().values()) == record.request_count
+        ]
+        if match:
+            chosen = min(match, key=lambda b: b.created_at)
+            candidates.remove(chosen)
+            ledger.record_created(record.id, chosen.id, chosen.created_at.timestamp())
+            adopted.append(chosen.id)
+            log.info("recovered batch %s for an unconfirmed create (no second submission)", chosen.id)
+        elif time.time() - record.intent_at > RECOVERY_WINDOW_SECONDS:
+            ledger.record_create_failed(record.id, "create never reached the server", unknown=False)
+            for fp, _ in ledger.members(record.id).values():
+                ledger.requeue(fp, "failed")
+    return adopted
+
+
+@dataclass(frozen=True)
+class BatchStatus:
+    record: BatchRecord
+    status: str  # in_progress | canceling | ended | not_visible_yet
+    counts: dict[str, int]
+    ended_at: float | None
+
+
+def poll_once(client: anthropic.Anthropic, record: BatchRecord) -> BatchStatus:
+    assert record.api_id is not None
+    try:
+        batch = client.beta.messages.batches.retrieve(record.api_id)
+    except anthropic.NotFoundError:
+        if record.created_at and time.time() - record.created_at < NOT_FOUND_GRACE_SECONDS:
+            return BatchStatus(record, "not_visible_yet", {}, None)
+        raise
+    counts = batch.request_counts.to_dict()
+    ended = batch.ended_at.timestamp() if batch.ended_at else None
+    return BatchStatus(record, batch.processing_status, counts, ended)
+
+
+def wait_for_batches(
+    client: anthropic.Anthropic,
+    ledger: Ledger,
+    initial: float,
+    maximum: float,
+    timeout: float,
+    on_progress: Callable[[list[BatchStatus]], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[BatchStatus]:
+    """Poll every submitted batch until all have ended or `timeout` passes; the interval
+    grows by half each round up to `maximum`."""
+    deadline = time.monotonic() + timeout
+    interval = initial
+    while True:
+        statuses = [poll_once(client, r) for r in ledger.batches_in_state("submitted")]
+        for st in statuses:
+            if st.status == "ended":
+                ledger.record_ended(st.record.id, st.ended_at or time.time(), st.counts)
+        if on_progress:
+            on_progress(statuses)
+        if all(st.status == "ended" for st in statuses):
+            return statuses
+        if time.monotonic() + interval > deadline:
+            pending = [st.record.api_id for st in statuses if st.status != "ended"]
+            raise WaitTimeoutError(
+                f"{len(pending)} batch(es) still running after {timeout:.0f} s: {', '.join(map(str, pending))}. "
+                "They go on server-side; run `longbatch collect` later to finish the job."
+            )
+        sleep(interval)
+        interval = min(interval * 1.5, maximum)
+
+
+def download_results(client: anthropic.Anthropic, api_id: str, results_dir: Path) -> Path:
+    """Stream a batch's results JSONL to `results_dir/<api_id>.jsonl` (through a .part file,
+    so a present .jsonl is always complete). The SDK's own line decoder is avoided: it slows
+    down sharply on multi-megabyte lines, and a 300K-token report is one such line."""
+    final = results_dir / f"{api_id}.jsonl"
+    if final.exists():
+        return final
+    results_dir.mkdir(parents=True, exist_ok=True)
+    part = final.with_suffix(".jsonl.part")
+    with client.beta.messages.batches.with_streaming_response.results(api_id) as response:
+        with part.open("wb") as fh:
+            for chunk in response.iter_bytes(1 << 20):
+                fh.write(chunk)
+    part.replace(final)
+    return final
