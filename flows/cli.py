@@ -126,13 +126,12 @@ def _preflight(params: Any) -> None:
     """Checks that need no document: fail fast, before Prefect starts or anything is written."""
     from flows.process import check_api_access
     from longbatch.catalog import get_model
-    from tasks.prompts import load_prompt
+    from tasks.prompts import load_prompts
 
     settings = params.settings()
     check_api_access(settings)
     get_model(settings.model)
-    for p in settings.prompts:
-        load_prompt(p, settings.data_dir)
+    load_prompts(settings.prompts, settings.data_dir)
     if not params.inbox_path.is_dir():
         from longbatch.errors import ConfigError
 

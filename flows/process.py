@@ -28,7 +28,7 @@ from tasks.collect import CollectStats, collect_batch, settle_retries
 from tasks.ingest import Document, IngestFailure, discover, read_document
 from tasks.packing import pack
 from tasks.plan import Plan, make_plan
-from tasks.prompts import Prompt, load_prompt
+from tasks.prompts import Prompt, load_prompts
 from tasks.reports import write_summary
 
 SIMULATED_KEY = "simulated-no-key-needed"
@@ -209,7 +209,7 @@ def _check_budget(plan: Plan, ledger: Ledger, budget: float | None) -> None:
 def build_plan(params: RunParameters, settings: Settings) -> tuple[Plan, ModelSpec]:
     """Ingest and plan without Prefect: `longbatch plan` uses it directly, nothing is sent."""
     model = get_model(settings.model)
-    prompts = [load_prompt(p, settings.data_dir) for p in settings.prompts]
+    prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = params.inbox_path
     items = [read_document(path, inbox) for path in discover(inbox)]
     return make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens), model
@@ -224,7 +224,7 @@ def process_documents(params: RunParameters | None = None) -> dict[str, Any]:
     logger = get_run_logger()
     check_api_access(settings)
     model = get_model(settings.model)
-    prompts = [load_prompt(p, settings.data_dir) for p in settings.prompts]
+    prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = params.inbox_path
     paths = discover(inbox)
     logger.info("inbox %s: %d file(s); model %s; prompts %s", inbox, len(paths), model.id,

@@ -7,10 +7,11 @@ short reports or ones that run into max_tokens or the context window.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
 
-from simulator.tokens import count_for_family
+from simulator.tokens import count_for_family, count_text, family_factor
 
 LABEL = (
     "> **Simulated report.** Written by the longbatch simulator, not by Claude: an extractive "
@@ -20,7 +21,13 @@ LABEL = (
 _DOC = re.compile(r"<document[^>]*>\n?(.*?)\n?</document>", re.S)
 _PAGE = re.compile(r"^--- Page (\d+) ---$", re.M)
 _HEADING = re.compile(r"^#{1,3} +(.+)$", re.M)
-_SENTENCE = re.compile(r"[^.!?。！？\n]{20,400}[.!?。！？]")
+_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
+
+
+def _sentences(body: str) -> list[str]:
+    """Whole sentences of readable length, with line breaks from the layout folded away."""
+    flat = " ".join(body.split())
+    return [s for s in _SENTENCE_END.split(flat) if 20 <= len(s) <= 400 and s[-1] in ".!?。！？"]
 
 
 def document_text(user_text: str) -> str:
@@ -52,7 +59,7 @@ def _lines(title: str, text: str) -> Iterator[str]:
     for depth in range(0, 1000):
         wrote = False
         for name, body in sections:
-            sentences = _SENTENCE.findall(body)
+            sentences = _sentences(body)
             chunk = sentences[depth * 3: depth * 3 + 3]
             if not chunk:
                 continue
@@ -69,25 +76,26 @@ def _lines(title: str, text: str) -> Iterator[str]:
 
 def generate(user_text: str, target_tokens: int, tokenizer: str) -> tuple[str, int, bool]:
     """(text, output tokens, reached_target). The text is cut once `target_tokens` is reached,
-    mid-line if need be, as a real model stops at max_tokens."""
+    mid-line if need be, as a real model stops at max_tokens. Base counts add up over lines and
+    words, so the budget is kept in base tokens and scaled by the family factor once."""
+    budget = math.floor(target_tokens / family_factor(tokenizer))
     out: list[str] = []
     used = 0
+    reached = False
     for line in _lines("", document_text(user_text)):
-        cost = count_for_family(line + "\n", tokenizer)
-        if used + cost > target_tokens:
-            words = (line + "\n").split(" ")
-            # Take words one by one while they fit: the cut is exact in tokens.
+        cost = count_text(line + "\n")
+        if used + cost > budget:
             partial: list[str] = []
-            for w in words:
-                c = count_for_family(" ".join(partial + [w]), tokenizer)
-                if used + c > target_tokens:
+            for word in line.split(" "):
+                c = count_text(word)
+                if used + c > budget:
                     break
-                partial.append(w)
-            if partial:
-                text = " ".join(partial)
-                out.append(text)
-                used += count_for_family(text, tokenizer)
-            return "".join(out), used, True
+                partial.append(word)
+                used += c
+            out.append(" ".join(partial))
+            reached = True
+            break
         out.append(line + "\n")
         used += cost
-    return "".join(out), used, False
+    text = "".join(out)
+    return text, count_for_family(text, tokenizer), reached

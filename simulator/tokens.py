@@ -18,7 +18,7 @@ _PIECES = re.compile(
     r"|(?P<digits>[0-9]+)"
     r"|(?P<han>[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af])"
     r"|(?P<word>[^\W\d_]+)"
-    r"|(?P<newline>\n+)"
+    r"|(?P<newline>\n)"
     r"|(?P<other>[^\s])"
 )
 
@@ -42,10 +42,14 @@ def count_text(text: str) -> int:
             total += 1
         elif kind == "word":  # Cyrillic, Greek, Arabic, Devanagari, accented runs ...
             total += math.ceil(n / 2)
-        else:  # newlines and punctuation, one each
+        else:  # each newline and punctuation mark, one each (so counts add up over lines)
             total += 1
     return total
 
 
+def family_factor(tokenizer: str) -> float:
+    return FAMILY_FACTOR.get(tokenizer, 1.0)
+
+
 def count_for_family(text: str, tokenizer: str) -> int:
-    return math.ceil(count_text(text) * FAMILY_FACTOR.get(tokenizer, 1.0))
+    return math.ceil(count_text(text) * family_factor(tokenizer))

@@ -39,8 +39,12 @@ class PlannedRequest:
 
 
 def make_custom_id(doc_id: str, prompt_name: str, part: int | None = None) -> str:
-    """Deterministic and within the API's rule `^[a-zA-Z0-9_-]{1,64}$`."""
-    cid = f"{doc_id}--{prompt_name[:16]}"
+    """Deterministic and within the API's rule `^[a-zA-Z0-9_-]{1,64}$`: a doc_id (<= 45
+    characters) + a prompt tag (<= 12) + a part suffix (<= 5)."""
+    tag = prompt_name
+    if len(tag) > 12:  # keep long names apart: a prefix and a hash of the whole name
+        tag = f"{prompt_name[:7]}-{hashlib.sha256(prompt_name.encode()).hexdigest()[:4]}"
+    cid = f"{doc_id}--{tag}"
     if part is not None:
         cid += f"-p{part}"
     if not CUSTOM_ID_RE.match(cid):

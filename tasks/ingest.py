@@ -209,6 +209,11 @@ def _pdf_pages(data: bytes) -> tuple[list[str], list[str]]:
         pypdf_log.setLevel(old_level)
     if failed:
         notes.append(f"{failed} of {len(pages)} pages could not be read and are empty")
+    garbled = [i for i, text in enumerate(pages, 1) if _looks_garbled(text)]
+    if garbled:
+        log.warning("%d page(s) look garbled", len(garbled))
+        notes.append(f"{len(garbled)} page(s) look garbled (fonts without a usable Unicode mapping), "
+                     f"first: page {garbled[0]}")
     chars = sum(len(p.strip()) for p in pages)
     if chars == 0 and failed:
         raise _Unreadable(
@@ -222,6 +227,19 @@ def _pdf_pages(data: bytes) -> tuple[list[str], list[str]]:
             "image-only; run OCR on it first (for example with ocrmypdf)",
         )
     return pages, notes
+
+
+def _looks_garbled(text: str) -> bool:
+    """Text drawn from many unrelated scripts at once is a font-mapping failure, not a language:
+    real pages mix two or three scripts (Japanese: kanji, kana, Latin), not six."""
+    letters = [c for c in text if c.isalpha()]
+    if len(letters) < 50:
+        return False
+    scripts: dict[str, int] = {}
+    for c in letters:
+        script = unicodedata.name(c, "UNKNOWN").split()[0]
+        scripts[script] = scripts.get(script, 0) + 1
+    return sum(1 for n in scripts.values() if n >= 0.03 * len(letters)) >= 6
 
 
 def _has_images(page) -> bool:

@@ -49,6 +49,17 @@ def load_prompt(spec: str, data_dir: Path) -> Prompt:
     )
 
 
+def load_prompts(specs: list[str], data_dir: Path) -> list[Prompt]:
+    """Each prompt once; two different prompts that would share a report name are refused."""
+    prompts: dict[str, Prompt] = {}
+    for spec in specs:
+        prompt = load_prompt(spec, data_dir)
+        if prompt.name in prompts and prompts[prompt.name].sha256 != prompt.sha256:
+            raise PromptError(f"Two prompts would both write reports named {prompt.name!r}: rename one file.")
+        prompts[prompt.name] = prompt
+    return list(prompts.values())
+
+
 def _make(name: str, template: str) -> Prompt:
     if not template.strip():
         raise PromptError(f"Prompt {name!r} is empty.")

@@ -106,6 +106,9 @@ SUMMARY_COLUMNS = [
 ]
 
 
+INT_COLUMNS = ["pages", "chars", "est_input_tokens", "granted_max_tokens", "input_tokens", "output_tokens", "attempts"]
+
+
 def summary_rows(ledger: Ledger, data_dir: Path) -> list[dict[str, Any]]:
     """One row per document and prompt of the latest plan, with where its work stands."""
     rows = []
@@ -154,5 +157,7 @@ def _request_status(ledger: Ledger, fingerprint: str, data_dir: Path) -> dict[st
 def write_summary(ledger: Ledger, data_dir: Path) -> Path:
     path = data_dir / "reports" / "summary.csv"
     frame = pd.DataFrame(summary_rows(ledger, data_dir), columns=SUMMARY_COLUMNS)
+    for column in INT_COLUMNS:
+        frame[column] = frame[column].astype("Int64")  # blanks stay blank, numbers stay whole
     atomic_write_text(path, frame.to_csv(index=False))
     return path

@@ -1,0 +1,179 @@
+"""The main job end to end: real Prefect flow runs, the real SDK over HTTP, the simulator."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flows.process import BudgetExceededError, RunParameters, collect_batches, process_documents
+
+
+@pytest.fixture(autouse=True)
+def fast_polling(monkeypatch):
+    monkeypatch.setenv("LONGBATCH_POLL_INITIAL_SECONDS", "0.1")
+    monkeypatch.setenv("LONGBATCH_POLL_MAX_SECONDS", "0.3")
+    monkeypatch.setenv("LONGBATCH_SIM_PROCESSING_SECONDS", "0.3")
+    monkeypatch.setenv("LONGBATCH_SIM_OUTPUT_TOKENS", "600")
+
+
+@pytest.fixture
+def api(sim, monkeypatch):
+    """Point the run at an external simulator as if it were the real API (no --simulate)."""
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
+    return sim
+
+
+def write(inbox: Path, name: str, text: str) -> None:
+    (inbox / name).parent.mkdir(parents=True, exist_ok=True)
+    (inbox / name).write_text(text, encoding="utf-8")
+
+
+PROSE = "The committee reviewed the annual accounts in detail. Each member signed the minutes. " * 30
+
+
+def mixed_inbox(inbox: Path, corpus: Path) -> None:
+    shutil.copy(corpus / "pdf/paper_tracemonkey_pldi2009_14p.pdf", inbox / "tracemonkey.pdf")
+    shutil.copy(corpus / "text/sec_10k_apple.md", inbox / "apple.md")
+    shutil.copy(corpus / "pdf/enc_aes256_r6_userpw-foo_ownerpw-bar.pdf", inbox / "locked.pdf")
+    shutil.copy(corpus / "pdf/scanned_multipage_mixed_ocrmypdf_6p.pdf", inbox / "scan.pdf")
+    shutil.copy(corpus / "pdf/broken_header_and_eof_only_44bytes.pdf", inbox / "nested/broken.pdf")  \
+        if (inbox / "nested").mkdir() is None else None
+    write(inbox, "refuse.txt", PROSE + "[[simulate:refusal]]")
+    write(inbox, "long-answer.txt", PROSE * 10 + "[[simulate:output_tokens=5000]]")
+    write(inbox, "bad-request.txt", PROSE + "[[simulate:error=invalid_request_error]]")
+    write(inbox, "always-expires.txt", PROSE + "[[simulate:expired]]")
+
+
+def read_summary(data_dir: Path) -> dict[str, dict]:
+    frame = pd.read_csv(data_dir / "reports" / "summary.csv")
+    return {row["source"]: row for row in frame.to_dict("records")}
+
+
+def test_end_to_end_every_outcome(data_dir, corpus, api):
+    mixed_inbox(data_dir / "inbox", corpus)
+    result = process_documents(RunParameters(data_dir=str(data_dir), max_output_tokens=2_000, max_attempts=2))
+    rows = read_summary(data_dir)
+    assert result["rows"] == len(rows) == 9
+    status = {k: v["status"] for k, v in rows.items()}
+    assert status == {
+        "tracemonkey.pdf": "complete", "apple.md": "complete", "locked.pdf": "error", "scan.pdf": "error",
+        "nested/broken.pdf": "error", "refuse.txt": "refused", "long-answer.txt": "truncated",
+        "bad-request.txt": "failed", "always-expires.txt": "failed",
+    }
+    assert "password" in rows["locked.pdf"]["reason"]
+    assert "OCR" in rows["scan.pdf"]["reason"]
+    assert "damaged" in rows["nested/broken.pdf"]["reason"]
+    assert "invalid_request_error" in rows["bad-request.txt"]["reason"]
+    assert "gave up after 2 attempts" in rows["always-expires.txt"]["reason"]
+    assert rows["always-expires.txt"]["attempts"] == 2 and rows["bad-request.txt"]["attempts"] == 1
+
+    md = (data_dir / rows["tracemonkey.pdf"]["report"]).read_text()
+    assert "Simulated report" in md and "## Page 1" in md
+    meta = json.loads((data_dir / rows["tracemonkey.pdf"]["report"]).with_suffix(".json").read_text())
+    for key in ("model", "batch_id", "custom_id", "usage", "stop_reason", "truncated", "source_sha256", "timings",
+                "cost_usd", "attempt"):
+        assert key in meta
+    assert meta["truncated"] is False and meta["usage"]["output_tokens"] > 0 and meta["cost_usd"] > 0
+    assert meta["batch_id"].startswith("msgbatch_")
+
+    truncated = (data_dir / rows["long-answer.txt"]["report"]).read_text()
+    assert truncated.startswith("> **Incomplete report.**")
+    assert json.loads((data_dir / rows["long-answer.txt"]["report"]).with_suffix(".json").read_text())["truncated"]
+    assert (data_dir / rows["refuse.txt"]["report"]).read_text().startswith("> **Refused.**")
+    assert rows["long-answer.txt"]["output_tokens"] <= 2_000
+
+    archives = list((data_dir / "results").glob("*.jsonl"))
+    assert len(archives) == 2  # the first batch and one retry of the expired request
+    assert not list(data_dir.rglob("*.tmp")) and not list(data_dir.rglob("*.part"))
+    # Each request's attempts were separate creates of distinct work: nothing sent twice at once.
+    sent = [cid for _, ids in api.sim.create_log for cid in ids]
+    assert sent.count(next(c for c in sent if "always-expires" in c)) == 2
+    assert len(sent) - 1 == len(set(sent))
+
+
+def test_rerun_sends_nothing_new_and_a_changed_document_is_resent(data_dir, api):
+    inbox = data_dir / "inbox"
+    write(inbox, "a.txt", PROSE)
+    write(inbox, "b.md", "# Title\n\n" + PROSE)
+    params = RunParameters(data_dir=str(data_dir), max_output_tokens=2_000)
+    process_documents(params)
+    assert len(api.sim.create_log) == 1
+    report_a = next((data_dir / "reports").glob("a-*/report.md"))
+    first_text = report_a.read_text()
+
+    process_documents(params)
+    assert len(api.sim.create_log) == 1, "an unchanged inbox must not be submitted again"
+    assert report_a.read_text() == first_text
+
+    write(inbox, "b.md", "# Title\n\nA new paragraph about the merger. " + PROSE)
+    process_documents(params)
+    assert len(api.sim.create_log) == 2
+    assert len(api.sim.create_log[1][1]) == 1 and api.sim.create_log[1][1][0].startswith("b-")
+    assert set(read_summary(data_dir)) == {"a.txt", "b.md"}
+
+
+def test_no_wait_then_collect_gives_the_same_reports(tmp_path, api):
+    texts = {"one.txt": PROSE, "two.md": "# Heading\n\n" + PROSE.replace("committee", "board")}
+    dirs = {}
+    for mode in ("wait", "nowait"):
+        d = tmp_path / mode
+        for name, text in texts.items():
+            write(d / "inbox", name, text)
+        dirs[mode] = d
+    process_documents(RunParameters(data_dir=str(dirs["wait"]), max_output_tokens=2_000))
+    process_documents(RunParameters(data_dir=str(dirs["nowait"]), max_output_tokens=2_000, wait=False))
+    assert read_summary(dirs["nowait"])["one.txt"]["status"] == "pending"
+    assert not list((dirs["nowait"] / "reports").glob("*/*.md"))
+    collect_batches(data_dir=str(dirs["nowait"]), wait=True)
+
+    def reports(d: Path) -> dict[str, str]:
+        return {p.relative_to(d).as_posix(): p.read_text() for p in sorted((d / "reports").glob("*/*.md"))}
+
+    assert reports(dirs["wait"]) == reports(dirs["nowait"]) and len(reports(dirs["wait"])) == 2
+    assert {r["status"] for r in read_summary(dirs["nowait"]).values()} == {"complete"}
+
+
+def test_budget_refuses_before_sending(data_dir, api):
+    write(data_dir / "inbox", "a.txt", PROSE)
+    with pytest.raises(BudgetExceededError, match="Nothing was sent"):
+        process_documents(RunParameters(data_dir=str(data_dir), budget_usd=0.001))
+    assert api.sim.create_log == []
+
+
+def test_two_prompts_two_reports_per_document(data_dir, api):
+    write(data_dir / "inbox", "a.txt", PROSE)
+    process_documents(RunParameters(data_dir=str(data_dir), prompts=["report", "summary"], max_output_tokens=1_000))
+    folder = next((data_dir / "reports").glob("a-*"))
+    assert sorted(p.name for p in folder.iterdir()) == ["report.json", "report.md", "summary.json", "summary.md"]
+    frame = pd.read_csv(data_dir / "reports" / "summary.csv")
+    assert sorted(frame["prompt"]) == ["report", "summary"]
+
+
+def test_document_too_long_for_the_window_is_reported_not_sent(data_dir, corpus, api):
+    shutil.copy(corpus / "text/king_james_bible_full.txt", data_dir / "inbox" / "kjv.txt")
+    write(data_dir / "inbox", "small.txt", PROSE)
+    process_documents(RunParameters(data_dir=str(data_dir)))
+    rows = read_summary(data_dir)
+    assert rows["kjv.txt"]["status"] == "does_not_fit"
+    assert "1,000,000" in rows["kjv.txt"]["reason"] and rows["kjv.txt"]["est_input_tokens"] > 1_000_000
+    assert rows["small.txt"]["status"] == "complete"
+    assert all(not any("kjv" in c for c in ids) for _, ids in api.sim.create_log)
+
+
+def test_simulate_mode_runs_without_a_key(data_dir, monkeypatch):
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    write(data_dir / "inbox", "a.txt", PROSE)
+    result = process_documents(RunParameters(data_dir=str(data_dir), simulate=True, max_output_tokens=1_000))
+    assert result["by_status"] == {"complete": 1}
+    assert (data_dir / "simulator").is_dir()
+
+
+def test_empty_inbox_writes_an_empty_summary(data_dir, api):
+    result = process_documents(RunParameters(data_dir=str(data_dir)))
+    assert result["rows"] == 0 and api.sim.create_log == []
+    assert (data_dir / "reports" / "summary.csv").exists()

@@ -1,0 +1,151 @@
+"""Ingest: real corpus files, and every kind of bad input, end as a Document or a readable failure."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tasks.build import CUSTOM_ID_RE, make_custom_id
+from tasks.ingest import Document, IngestFailure, discover, read_document
+
+# (file, expected kind or failure category, pages or None, a phrase the text or reason holds)
+CASES = [
+    ("pdf/paper_tracemonkey_pldi2009_14p.pdf", "pdf", 14, "Trace-based"),
+    ("pdf/enc_owner_restricted_rc4_dmca_18p.pdf", "pdf", 18, "Copyright"),
+    ("pdf/scanned_with_ocr_text_layer_vicksburg_6p.pdf", "pdf", 6, "Vicksburg"),
+    ("pdf/ligatures_copy_paste.pdf", "pdf", 1, "ffi"),
+    ("pdf/enc_aes256_r6_userpw-foo_ownerpw-bar.pdf", "encrypted", None, "password"),
+    ("pdf/enc_rc4-40bit_userpw-baz_ownerpw-foo.pdf", "encrypted", None, "password"),
+    ("pdf/broken_header_and_eof_only_44bytes.pdf", "corrupt", None, "damaged"),
+    ("pdf/broken_truncated_60pct_nist_sp800-223.pdf", "corrupt", None, "damaged"),
+    ("pdf/broken_fuzzed_poppler-90-0_16p.pdf", "corrupt", None, "damaged"),
+    ("pdf/broken_unsupported_brotli_filter.pdf", "unsupported", None, "brotli"),
+    ("pdf/scanned_image_only_ccitt_irs_i1040nr_24p.pdf", "no_text", None, "OCR"),
+    ("pdf/scanned_multipage_mixed_ocrmypdf_6p.pdf", "no_text", None, "scanned"),
+    ("text/sec_10k_apple.md", "markdown", None, "Apple"),
+    ("text/hongloumeng_dream_of_the_red_chamber_GB18030.txt", "text", None, "红楼梦"),
+    ("text/udhr_article1_multilingual.txt", "text", None, "dignity"),
+]
+
+
+@pytest.mark.parametrize(("name", "expected", "pages", "phrase"), CASES, ids=[c[0].split("/")[1][:40] for c in CASES])
+def test_corpus_file(corpus, name, expected, pages, phrase):
+    item = read_document(corpus / name, corpus)
+    if expected in ("pdf", "text", "markdown"):
+        assert isinstance(item, Document), getattr(item, "reason", "")
+        assert item.kind == expected
+        assert item.page_count == pages
+        assert phrase in item.body
+        assert item.body_cl100k > 0
+    else:
+        assert isinstance(item, IngestFailure)
+        assert item.category == expected
+        assert phrase.lower() in item.reason.lower()
+    assert CUSTOM_ID_RE.match(make_custom_id(item.doc_id, "report"))
+
+
+def test_gb18030_is_decoded_not_mangled(corpus):
+    doc = read_document(corpus / "text/hongloumeng_dream_of_the_red_chamber_GB18030.txt", corpus)
+    assert isinstance(doc, Document)
+    assert any("GB18030" in n.upper() for n in doc.notes)
+    assert "\ufffd" not in doc.body[:100_000]
+
+
+def test_garbled_pdf_text_is_kept_and_flagged(corpus):
+    # pypdf cannot map this gazette's vertical CJK fonts: the text comes out in a dozen scripts.
+    doc = read_document(corpus / "pdf/cjk_japanese_official_gazette_kampo_rc4.pdf", corpus)
+    assert isinstance(doc, Document)
+    assert any("garbled" in n for n in doc.notes)
+    assert any("decrypted" in n for n in doc.notes)
+
+
+def test_real_cjk_pdf_is_not_flagged_garbled(corpus):
+    from tasks.ingest import _looks_garbled
+
+    doc = read_document(corpus / "text/udhr_article1_multilingual.txt", corpus)
+    japanese = "すべての人間は、生まれながらにして自由であり、かつ、尊厳と権利とについて平等である。" * 3
+    assert not _looks_garbled(japanese + " Article 1 of the Universal Declaration")
+    assert doc.notes == ()
+
+
+def test_pdf_pages_are_kept_in_order(corpus):
+    doc = read_document(corpus / "pdf/paper_tracemonkey_pldi2009_14p.pdf", corpus)
+    assert len(doc.pages) == 14
+    positions = [doc.body.index(f"--- Page {i} ---") for i in range(1, 15)]
+    assert positions == sorted(positions)
+
+
+def test_ligatures_are_normalised(corpus):
+    doc = read_document(corpus / "pdf/ligatures_copy_paste.pdf", corpus)
+    assert not re.search("[\ufb00-\ufb06]", doc.body)
+
+
+@pytest.mark.parametrize(("content", "category"), [
+    (b"", "empty"),
+    (b"   \n\t  \n", "empty"),
+    (b"text\x00with\x00nul\x00bytes" * 10, "encoding"),
+])
+def test_bad_text_files(tmp_path, content, category):
+    path = tmp_path / "bad.txt"
+    path.write_bytes(content)
+    item = read_document(path, tmp_path)
+    assert isinstance(item, IngestFailure)
+    assert item.category == category
+
+
+def test_empty_pdf_and_unsupported_type(tmp_path):
+    (tmp_path / "zero.pdf").write_bytes(b"")
+    (tmp_path / "notes.docx").write_bytes(b"PK\x03\x04 not really")
+    zero = read_document(tmp_path / "zero.pdf", tmp_path)
+    docx = read_document(tmp_path / "notes.docx", tmp_path)
+    assert (zero.category, docx.category) == ("empty", "unsupported")
+    assert ".docx" in docx.reason
+
+
+def test_utf16_with_bom(tmp_path):
+    path = tmp_path / "u16.txt"
+    path.write_bytes("Grüße aus Köln. " .encode("utf-16") * 20)
+    doc = read_document(path, tmp_path)
+    assert isinstance(doc, Document) and "Grüße" in doc.body
+
+
+HOSTILE = ["../../escape.txt", "..", "semi;colon && rm -rf ~.md", "new\nline.txt", "Überlänge " * 20 + ".txt",
+           "日本語の文書.txt", "-leading-dash.txt", "CON.txt", " spaces  .md"]
+
+
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_names_give_safe_ids(tmp_path, name):
+    safe_name = name.replace("/", "_")  # a file name cannot hold a slash; the rest is as given
+    if safe_name in ("..",):
+        safe_name = "..txt"
+    path = tmp_path / "inbox" / safe_name
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("Some real content for the report. " * 5, encoding="utf-8")
+    doc = read_document(path, tmp_path / "inbox")
+    assert isinstance(doc, Document)
+    assert re.fullmatch(r"[a-z0-9-]+", doc.doc_id)
+    assert ".." not in doc.doc_id and "/" not in doc.doc_id
+    assert CUSTOM_ID_RE.match(make_custom_id(doc.doc_id, "report"))
+
+
+def test_doc_id_is_stable_and_follows_content(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_text("First version of the text, long enough.", encoding="utf-8")
+    first = read_document(path, tmp_path).doc_id
+    assert read_document(path, tmp_path).doc_id == first
+    path.write_text("Second version of the text, long enough.", encoding="utf-8")
+    assert read_document(path, tmp_path).doc_id != first
+
+
+def test_discover_is_recursive_and_skips_hidden(tmp_path):
+    (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / ".git").mkdir()
+    for rel in ["a.txt", "sub/b.md", "sub/deeper/c.pdf", ".hidden.txt", ".git/config", "sub/.DS_Store"]:
+        (tmp_path / rel).write_text("x")
+    found = [p.relative_to(tmp_path).as_posix() for p in discover(tmp_path)]
+    assert found == ["a.txt", "sub/b.md", "sub/deeper/c.pdf"]
+
+
+def test_missing_inbox_is_empty(tmp_path):
+    assert discover(tmp_path / "nope") == []

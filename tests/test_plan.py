@@ -1,0 +1,182 @@
+"""Fit math, request building, custom_ids and packing: the pure stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from longbatch.catalog import OUTPUT_300K_BETA, get_model
+from longbatch.errors import UnknownModelError
+from tasks.build import CUSTOM_ID_RE, build_request, make_custom_id, serialise
+from tasks.fit import WINDOW_MARGIN, check_fit
+from tasks.ingest import Document
+from tasks.packing import MAX_BODY_BYTES, MAX_REQUESTS, RequestTooLargeError, pack
+from tasks.plan import DUPLICATE, FAILED, NOT_FIT, READY, make_plan
+from tasks.prompts import load_prompt
+
+OPUS46, SONNET46, SONNET45 = get_model("claude-opus-4-6"), get_model("claude-sonnet-4-6"), get_model("claude-sonnet-4-5")
+
+
+def doc(text: str, name: str = "doc.txt", cl100k: int | None = None) -> Document:
+    import hashlib
+
+    sha = hashlib.sha256(text.encode()).hexdigest()
+    return Document(f"{name.split('.')[0]}-{sha[:12]}", name, "text", sha, len(text), (text,), text,
+                    cl100k if cl100k is not None else len(text) // 4)
+
+
+def test_800k_input_asking_300k_gets_what_is_left_of_1m():
+    fit = check_fit(800_000, OPUS46, 300_000, min_output=8_192)
+    assert fit.fits
+    assert fit.granted == 1_000_000 - 800_000 - WINDOW_MARGIN
+    assert fit.granted + 800_000 <= OPUS46.context_window
+
+
+def test_same_input_does_not_fit_sonnet45_200k_window():
+    fit = check_fit(800_000, SONNET45, 300_000, min_output=8_192)
+    assert not fit.fits and fit.granted == 0
+    assert "200,000" in fit.reason and "800,000" in fit.reason
+
+
+def test_grant_is_capped_by_request_and_model_maximum():
+    assert check_fit(10_000, OPUS46, None, 8_192).granted == 300_000  # default: the most a batch allows
+    assert check_fit(10_000, OPUS46, 50_000, 8_192).granted == 50_000
+    assert check_fit(10_000, SONNET45, None, 8_192).granted == 64_000  # no 300K beta on 4.5
+    assert check_fit(10_000, SONNET45, 300_000, 8_192).granted == 64_000
+
+
+def test_useful_minimum_output_decides_fit():
+    room = 1_000_000 - 990_000 - WINDOW_MARGIN
+    assert not check_fit(990_000, OPUS46, None, min_output=room + 1).fits
+    assert check_fit(990_000, OPUS46, None, min_output=room).granted == room
+
+
+def test_beta_header_only_above_standard_max():
+    assert OPUS46.betas_for(128_000) == ()
+    assert OPUS46.betas_for(128_001) == (OUTPUT_300K_BETA,)
+    assert SONNET45.betas_for(64_000) == ()
+
+
+def test_build_request_keeps_betas_out_of_params(tmp_path):
+    prompt = load_prompt("report", tmp_path)
+    req = build_request(doc("Some text. " * 100), prompt, SONNET46, 200_000)
+    assert req.betas == (OUTPUT_300K_BETA,)
+    assert "betas" not in req.params
+    assert req.params["max_tokens"] == 200_000
+    assert req.body_bytes == len(serialise(req.as_request()))
+    small = build_request(doc("Some text. " * 100), prompt, SONNET46, 100_000)
+    assert small.betas == () and small.fingerprint != req.fingerprint
+
+
+def test_request_puts_document_before_instructions(tmp_path):
+    prompt = load_prompt("report", tmp_path)
+    req = build_request(doc("UNIQUE-BODY-MARKER sentence."), prompt, SONNET46, 20_000)
+    content = req.params["messages"][0]["content"]
+    assert content.index("UNIQUE-BODY-MARKER") < content.index("section by section".title().lower()[:7]) or \
+        content.index("UNIQUE-BODY-MARKER") < content.index("Structure:")
+
+
+@pytest.mark.parametrize("doc_id", ["a", "x" * 45, "report-2024-" + "f" * 12])
+@pytest.mark.parametrize("prompt", ["report", "a-very-long-prompt-name-indeed"])
+def test_custom_ids_follow_api_rule(doc_id, prompt):
+    cid = make_custom_id(doc_id, prompt)
+    assert CUSTOM_ID_RE.match(cid) and len(cid) <= 64
+    assert make_custom_id(doc_id, prompt) == cid  # deterministic
+    assert make_custom_id(doc_id, prompt, part=3) != cid
+
+
+def test_long_prompt_names_stay_distinct():
+    a = make_custom_id("doc-0123456789ab", "summary-of-risks")
+    b = make_custom_id("doc-0123456789ab", "summary-of-terms")
+    assert a != b and CUSTOM_ID_RE.match(a) and CUSTOM_ID_RE.match(b)
+
+
+def test_custom_id_rejects_what_api_would():
+    with pytest.raises(ValueError):
+        make_custom_id("bad id with spaces", "report")
+    with pytest.raises(ValueError):
+        make_custom_id("x" * 60, "report")
+
+
+def test_plan_rows_for_every_document_and_prompt(tmp_path, corpus):
+    from tasks.ingest import read_document
+
+    items = [
+        read_document(corpus / "pdf/enc_aes256_r6_userpw-foo_ownerpw-bar.pdf", corpus),
+        doc("Short real text. " * 50, "a.txt"),
+        doc("Short real text. " * 50, "copy-of-a.txt"),  # same content: processed once
+        doc("x", "huge.txt", cl100k=900_000),
+    ]
+    prompts = [load_prompt("report", tmp_path), load_prompt("summary", tmp_path)]
+    plan = make_plan(items, prompts, SONNET46, None, 8_192)
+    assert len(plan.rows) == 8
+    statuses = [(r.source.split("/")[-1], r.prompt, r.status) for r in plan.rows]
+    assert statuses.count(("a.txt", "report", READY)) == 1
+    assert ("copy-of-a.txt", "summary", DUPLICATE) in statuses
+    assert ("huge.txt", "report", NOT_FIT) in statuses
+    assert sum(1 for s in statuses if s[2] == FAILED) == 2
+    assert len(plan.requests) == 2 and len({r.custom_id for r in plan.requests}) == 2
+    ready = [r for r in plan.rows if r.status == READY]
+    assert all(r.batch == 0 and r.max_cost_usd > r.est_input_usd > 0 for r in ready)
+    assert all(r.upper_input_tokens >= r.est_input_tokens >= r.cl100k_tokens for r in ready)
+
+
+def test_unknown_model_lists_known_ones():
+    with pytest.raises(UnknownModelError, match="claude-opus-4-6"):
+        get_model("claude-opus-9")
+
+
+# -- packing ------------------------------------------------------------------------------
+
+def _planned(n: int, text_size: int, tmp_path, max_tokens: int = 1_000, model=SONNET46):
+    prompt = load_prompt("summary", tmp_path)
+    body = "y" * text_size
+    return [build_request(doc(body + str(i), f"d{i}.txt"), prompt, model, max_tokens) for i in range(n)]
+
+
+def test_more_than_256mb_splits_into_batches_within_both_limits(tmp_path):
+    # 12 requests of ~25 MB each: ~300 MB, over one batch's 256 MB.
+    requests = _planned(12, 25_000_000, tmp_path)
+    batches = pack(requests)
+    assert len(batches) >= 2
+    assert sum(len(b.requests) for b in batches) == 12
+    for b in batches:
+        body = serialise({"requests": [r.as_request() for r in b.requests]})
+        assert len(body) == b.body_bytes  # the size we account is the size sent
+        assert b.body_bytes <= MAX_BODY_BYTES < 256_000_000
+        assert len(b.requests) <= MAX_REQUESTS
+
+
+def test_more_than_100k_requests_split(tmp_path):
+    requests = _planned(1, 10, tmp_path) * 0
+    base = _planned(1, 10, tmp_path)[0]
+    import dataclasses
+
+    requests = [dataclasses.replace(base, custom_id=f"r{i}") for i in range(MAX_REQUESTS + 1)]
+    batches = pack(requests)
+    assert [len(b.requests) for b in batches] == [MAX_REQUESTS, 1]
+
+
+def test_different_beta_sets_never_share_a_batch(tmp_path):
+    plain = _planned(2, 100, tmp_path, max_tokens=1_000)
+    big = _planned(2, 100, tmp_path, max_tokens=200_000)
+    batches = pack(plain + big)
+    assert sorted(b.betas for b in batches) == [(), (OUTPUT_300K_BETA,)]
+    for b in batches:
+        assert {r.betas for r in b.requests} == {b.betas}
+
+
+def test_single_request_over_the_limit_is_refused(tmp_path):
+    requests = _planned(1, 1_000, tmp_path)
+    with pytest.raises(RequestTooLargeError):
+        pack(requests, max_bytes=500)
+
+
+def test_packing_preserves_all_requests_in_order(tmp_path):
+    requests = _planned(50, 1_000, tmp_path)
+    batches = pack(requests, max_requests=7)
+    flat = [r.custom_id for b in batches for r in b.requests]
+    assert flat == [r.custom_id for r in requests]
+    assert all(len(b.requests) <= 7 for b in batches)
+    json.dumps([b.body_bytes for b in batches])
