@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import anthropic
 from prefect import flow, get_run_logger, task
@@ -216,10 +216,9 @@ def build_plan(params: RunParameters, settings: Settings) -> tuple[Plan, ModelSp
 
 
 @flow(name="process-documents")
-def process_documents(params: RunParameters | None = None) -> dict[str, Any]:
+def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]:  # noqa: B008 - immutable use
     """Ingest every document in the inbox, check each fits with its output budget, submit the
     new work as batches, wait for them, and write the reports and summary.csv."""
-    params = params or RunParameters()
     settings = params.settings()
     logger = get_run_logger()
     check_api_access(settings)
@@ -248,10 +247,21 @@ def process_documents(params: RunParameters | None = None) -> dict[str, Any]:
 
 
 @flow(name="collect-batches")
-def collect_batches(data_dir: str = "data", simulate: bool = False, wait: bool = False,
-                    max_attempts: int = 3) -> dict[str, Any]:
+def collect_batches(
+    data_dir: str = "data",
+    simulate: bool = False,
+    wait: bool = False,
+    max_attempts: Annotated[int, Field(ge=1, le=10)] = 3,
+) -> dict[str, Any]:
     """Look at every pending batch, assemble what ended, and (with `wait`) wait for the rest.
-    Retryable requests are resubmitted by the next `run`, which has the documents."""
+    Retryable requests are resubmitted by the next `run`, which has the documents.
+
+    Args:
+        data_dir: Data directory holding the ledger, results and reports.
+        simulate: Talk to the built-in simulator instead of the Anthropic API.
+        wait: Wait until every pending batch has ended.
+        max_attempts: Tries per request before giving up on it.
+    """
     settings = Settings(data_dir=Path(data_dir), simulate=simulate)
     check_api_access(settings)
     ledger = Ledger.for_data_dir(settings.data_dir, _database_url())

@@ -1,0 +1,130 @@
+"""The `longbatch` command as a user runs it: subprocesses, exit codes, what is printed and written."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import cli_env, longbatch_cmd
+
+SECRET = "sk-ant-api03-SECRET-must-never-be-written-0123456789"
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([*longbatch_cmd(), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env or cli_env())
+
+
+def test_run_without_key_or_simulate_stops_and_creates_nothing(tmp_path):
+    data_dir = tmp_path / "fresh"
+    proc = run_cli("run", "--data-dir", str(data_dir))
+    assert proc.returncode == 2
+    assert "ANTHROPIC_API_KEY" in proc.stderr and "--simulate" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not data_dir.exists()
+
+
+@pytest.mark.parametrize("command", ["run", "plan", "collect", "status", "usage", "simulator"])
+def test_help_explains_each_command(command):
+    proc = run_cli(command, "--help")
+    assert proc.returncode == 0 and "usage: longbatch" in proc.stdout and len(proc.stdout) > 200
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    (tmp_path / "inbox").mkdir()
+    proc = run_cli("run", "--simulate", "--data-dir", str(tmp_path), "--model", "claude-opus-99")
+    assert proc.returncode == 2 and "claude-opus-4-6" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_plan_shows_numbers_and_sends_nothing(tmp_path, corpus):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(corpus / "pdf/paper_tracemonkey_pldi2009_14p.pdf", inbox)
+    shutil.copy(corpus / "pdf/enc_aes256_r6_userpw-foo_ownerpw-bar.pdf", inbox)
+    # No key, no simulator, no network: plan needs none of them.
+    proc = run_cli("plan", "--data-dir", str(tmp_path), "--model", "claude-opus-4-6")
+    assert proc.returncode == 0, proc.stderr
+    assert "paper_tracemonkey_pldi2009_14p.pdf" in proc.stdout and "300000" in proc.stdout
+    assert "needs a password" in proc.stdout
+    plan = pd.read_csv(tmp_path / "plan.csv")
+    ready = plan[plan["status"] == "ready"].iloc[0]
+    assert ready["granted_max_tokens"] == 300_000 and ready["pages"] == 14 and ready["max_cost_usd"] > 0
+    assert not (tmp_path / "ledger.sqlite").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def standalone_simulator(tmp_path):
+    port = _free_port()
+    proc = subprocess.Popen([*longbatch_cmd(), "simulator", "--port", str(port), "--processing-seconds", "0.5",
+                             "--output-tokens", "500", "--state-dir", str(tmp_path / "simstate")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("simulator did not start: " + proc.stderr.read())
+    yield f"http://127.0.0.1:{port}", tmp_path / "simstate"
+    proc.terminate()
+    out, err = proc.communicate(timeout=10)
+    assert SECRET not in out + err
+
+
+def test_run_against_a_standalone_simulator_like_the_real_api(tmp_path, corpus, standalone_simulator):
+    url, state = standalone_simulator
+    data_dir = tmp_path / "data"
+    (data_dir / "inbox").mkdir(parents=True)
+    shutil.copy(corpus / "text/sec_10k_apple.md", data_dir / "inbox")
+    shutil.copy(corpus / "pdf/broken_truncated_60pct_nist_sp800-223.pdf", data_dir / "inbox")
+    env = cli_env(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY=SECRET, LONGBATCH_POLL_INITIAL_SECONDS="0.2")
+    proc = run_cli("run", "--data-dir", str(data_dir), "--max-output-tokens", "4000", env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "1 complete" in proc.stdout and "1 error" in proc.stdout
+    summary = pd.read_csv(data_dir / "reports" / "summary.csv")
+    assert sorted(summary["status"]) == ["complete", "error"]
+    assert len(list(state.glob("msgbatch_*.json"))) == 1  # the simulator's own record: one create
+
+    status = run_cli("status", "--data-dir", str(data_dir), env=env)
+    assert status.returncode == 0 and "No pending batches" in status.stdout and "1 succeeded" in status.stdout
+    usage = run_cli("usage", "--data-dir", str(data_dir), env=env)
+    assert usage.returncode == 0 and "claude-sonnet-4-6" in usage.stdout and "Total: $" in usage.stdout
+
+    # The key appears nowhere: not in any file under the data dir, not in any output.
+    for path in data_dir.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    for output in (proc.stdout, proc.stderr, status.stdout, usage.stdout):
+        assert SECRET not in output
+
+
+def test_no_wait_then_collect_from_the_cli(tmp_path, standalone_simulator):
+    url, _ = standalone_simulator
+    data_dir = tmp_path / "data"
+    (data_dir / "inbox").mkdir(parents=True)
+    (data_dir / "inbox" / "memo.txt").write_text("The plan was approved by the board on Monday. " * 40)
+    env = cli_env(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY=SECRET, LONGBATCH_POLL_INITIAL_SECONDS="0.2")
+    proc = run_cli("run", "--no-wait", "--data-dir", str(data_dir), env=env)
+    assert proc.returncode == 0 and "longbatch collect" in proc.stdout
+    status = run_cli("status", "--data-dir", str(data_dir), env=env)
+    assert "msgbatch_" in status.stdout and "1 request(s)" in status.stdout
+    time.sleep(0.6)
+    collected = run_cli("collect", "--data-dir", str(data_dir), env=env)
+    assert collected.returncode == 0, collected.stderr[-2000:]
+    assert "1 complete" in collected.stdout
+    assert list((data_dir / "reports").glob("memo-*/report.md"))

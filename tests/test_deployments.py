@@ -1,0 +1,52 @@
+"""Deployments: the schedules exist, parameters validate, and the UI form has descriptions."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import yaml
+from prefect.utilities.callables import parameter_schema
+
+from flows.process import RunParameters, collect_batches, process_documents
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_prefect_yaml_entrypoints_and_parameters_are_valid():
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"nightly", "on-demand", "collector"}
+    assert deployments["nightly"]["schedules"][0]["cron"] == "0 2 * * *"
+    assert deployments["collector"]["schedules"][0]["interval"] == 900
+    for d in deployments.values():
+        path, func = d["entrypoint"].split(":")
+        assert (REPO / path).is_file() and func in (REPO / path).read_text()
+        if func == "process_documents":
+            RunParameters(**d["parameters"]["params"])  # raises if a field is wrong
+
+
+def test_serve_builds_three_deployments_with_schedules():
+    spec = importlib.util.spec_from_file_location("serve", REPO / "deployments" / "serve.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # importing serves nothing
+    built = {d.name: d for d in module.build_deployments("somewhere")}
+    assert set(built) == {"nightly", "on-demand", "collector"}
+    assert built["nightly"].schedules and built["collector"].schedules and not built["on-demand"].schedules
+    assert built["nightly"].parameters["params"]["data_dir"] == "somewhere"
+
+
+def test_ui_form_fields_have_descriptions():
+    schema = parameter_schema(process_documents.fn).model_dump()
+    fields = schema["definitions"]["RunParameters"]["properties"]
+    assert {"model", "prompts", "max_output_tokens", "budget_usd", "simulate", "wait"} <= set(fields)
+    assert all(f.get("description") for f in fields.values())
+    collect = parameter_schema(collect_batches.fn).model_dump()["properties"]
+    assert all(f.get("description") for f in collect.values())
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    command = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest -q"
+    assert command in readme and command in ci
