@@ -81,13 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulator", help="run the local Batches API simulator as a server",
                          description="Serve the simulator on HOST:PORT. Point longbatch (or any Anthropic SDK) "
-                                     "at it with ANTHROPIC_BASE_URL=http://HOST:PORT and any ANTHROPIC_API_KEY.")
+                                     "at it with ANTHROPIC_BASE_URL=http://HOST:PORT and any ANTHROPIC_API_KEY. "
+                                     "Every option can also be set as LONGBATCH_SIM_<OPTION> in the environment.")
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=8765)
-    sim.add_argument("--processing-seconds", type=float, default=5.0, help="time a batch takes to end")
-    sim.add_argument("--output-tokens", type=int, default=1_500, help="length of each simulated report")
-    sim.add_argument("--expiry-seconds", type=float, default=24 * 3600.0, help="when unfinished batches expire")
+    sim.add_argument("--processing-seconds", type=float, help="time a batch takes to end (default 2)")
+    sim.add_argument("--output-tokens", type=int, help="length of each simulated report (default 1500)")
+    sim.add_argument("--expiry-seconds", type=float, help="when unfinished batches expire (default 86400)")
     sim.add_argument("--state-dir", type=Path, help="keep batches here so they survive a restart")
+    faults = sim.add_argument_group("fault injection (all off by default)")
+    faults.add_argument("--fault-rate", type=float, help="chance an HTTP call fails with 429, 500 or 529")
+    faults.add_argument("--fault-endpoints", nargs="+", metavar="NAME",
+                        help="limit faults to these endpoints: create list retrieve results cancel count_tokens")
+    faults.add_argument("--not-found-after-create-seconds", type=float,
+                        help="retrieve answers 404 this long after a batch is created")
+    faults.add_argument("--drop-after-create-rate", type=float,
+                        help="chance a create succeeds but the connection drops before the answer")
+    faults.add_argument("--errored-rate", type=float, help="chance a request ends errored (retryable)")
+    faults.add_argument("--expired-rate", type=float, help="chance a request ends expired")
+    faults.add_argument("--results-bytes-per-second", type=float, help="throttle results downloads")
+    faults.add_argument("--seed", type=int, help="seed for the fault dice")
     return parser
 
 
@@ -250,9 +263,9 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     from simulator.engine import SimConfig
     from simulator.server import SimulatorServer
 
-    config = SimConfig(processing_seconds=args.processing_seconds, output_tokens=args.output_tokens,
-                       expiry_seconds=args.expiry_seconds, state_dir=args.state_dir)
-    server = SimulatorServer(config, host=args.host, port=args.port)
+    given = {k: v for k, v in vars(args).items()
+             if v is not None and k in SimConfig.model_fields}
+    server = SimulatorServer(SimConfig(**given), host=args.host, port=args.port)
     print(f"longbatch simulator on {server.url} — set ANTHROPIC_BASE_URL={server.url} and any "
           "ANTHROPIC_API_KEY. Ctrl-C stops it.", flush=True)
     try:

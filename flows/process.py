@@ -8,6 +8,7 @@ deployment). Both can be called from Python.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -85,8 +86,8 @@ def api_session(settings: Settings) -> Iterator[anthropic.Anthropic]:
     from simulator.engine import SimConfig
     from simulator.server import SimulatorServer
 
-    config = SimConfig(processing_seconds=settings.sim_processing_seconds, output_tokens=settings.sim_output_tokens,
-                       state_dir=settings.data_dir / "simulator")
+    # Speed, report length and faults come from LONGBATCH_SIM_* variables (see SimConfig).
+    config = SimConfig(state_dir=settings.data_dir / "simulator")
     with SimulatorServer(config) as server:
         client = anthropic.Anthropic(api_key=SIMULATED_KEY, base_url=server.url, max_retries=4)
         yield client
@@ -137,11 +138,37 @@ def plan_row_for(plan: Plan, custom_id: str):  # noqa: ANN201 - PlanRow
 
 
 @task(name="reconcile-ledger", cache_policy=NO_CACHE)
-def reconcile_task(client: anthropic.Anthropic, ledger: Ledger, intent_grace_seconds: float) -> None:
+def reconcile_task(client: anthropic.Anthropic, ledger: Ledger, settings: Settings) -> None:
     """Resolve creates whose outcome was never heard (a crash or a dropped connection)."""
-    ledger.stale_intents_to_unknown(intent_grace_seconds)
-    for api_id in batch_io.recover_unknown_batches(client, ledger):
+    ledger.stale_intents_to_unknown(settings.intent_grace_seconds)
+    try:
+        adopted = batch_io.recover_unknown_batches(client, ledger, settings.create_grace_seconds)
+    except Exception as exc:  # noqa: BLE001 - a transient failure leaves them for the next round
+        if not batch_io.is_transient(exc):
+            raise
+        get_run_logger().warning("could not list batches to resolve unconfirmed creates: %s", type(exc).__name__)
+        return
+    for api_id in adopted:
         get_run_logger().info("adopted batch %s from an unconfirmed create", api_id)
+
+
+# Rounds of submit -> resolve unconfirmed creates -> submit what never reached the server.
+MAX_SUBMIT_ROUNDS = 50
+
+
+def submit_until_settled(client: anthropic.Anthropic, ledger: Ledger, plan: Plan, settings: Settings) -> None:
+    """Submit this plan's queued work; while creates are unconfirmed, look them up and
+    resubmit only what provably never reached the server."""
+    mine = {r.fingerprint for r in plan.requests}
+    for _ in range(MAX_SUBMIT_ROUNDS):
+        submit_task(client, ledger, plan)
+        reconcile_task(client, ledger, settings)
+        unknown = ledger.batches_in_state("unknown")
+        queued = [r for r in ledger.requests_in_state("queued") if r["fingerprint"] in mine]
+        if not unknown and not queued:
+            return
+        time.sleep(min(settings.poll_initial_seconds, settings.create_grace_seconds))
+    get_run_logger().warning("some creates are still unconfirmed; `longbatch collect` or the next run resolves them")
 
 
 @task(name="wait-for-batches", cache_policy=NO_CACHE)
@@ -187,7 +214,7 @@ def finish_pending(client: anthropic.Anthropic, ledger: Ledger, settings: Settin
                               len(requeued))
         if plan is None or not any(r.fingerprint in set(requeued) for r in plan.requests):
             return  # `collect` without the documents: the next `run` resubmits them
-        submit_task(client, ledger, plan)
+        submit_until_settled(client, ledger, plan, settings)
 
 
 def _check_budget(plan: Plan, ledger: Ledger, budget: float | None) -> None:
@@ -236,8 +263,8 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
         ledger.record_plan(_plan_records(plan))
         _check_budget(plan, ledger, settings.budget_usd)
         with api_session(settings) as client:
-            reconcile_task(client, ledger, settings.intent_grace_seconds)
-            submit_task(client, ledger, plan)
+            reconcile_task(client, ledger, settings)
+            submit_until_settled(client, ledger, plan, settings)
             if params.wait:
                 finish_pending(client, ledger, settings, params.max_attempts, plan)
         summary = write_summary(ledger, settings.data_dir)
@@ -267,14 +294,19 @@ def collect_batches(
     ledger = Ledger.for_data_dir(settings.data_dir, _database_url())
     try:
         with api_session(settings) as client:
-            reconcile_task(client, ledger, settings.intent_grace_seconds)
+            reconcile_task(client, ledger, settings)
             if wait:
                 finish_pending(client, ledger, settings, max_attempts, None)
             else:
                 for record in ledger.batches_in_state("submitted"):
-                    st = batch_io.poll_once(client, record)
+                    try:
+                        st = batch_io.poll_once(client, record)
+                    except Exception as exc:  # noqa: BLE001 - a batch unreachable now is looked at next time
+                        if not batch_io.is_transient(exc):
+                            raise
+                        continue
                     if st.status == "ended":
-                        ledger.record_ended(record.id, st.ended_at or 0.0, st.counts)
+                        ledger.record_ended(record.id, st.ended_at or time.time(), st.counts)
                 collect_task(client, ledger, settings.data_dir)
                 settle_retries(ledger, max_attempts)
         summary = write_summary(ledger, settings.data_dir)

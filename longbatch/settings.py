@@ -43,10 +43,9 @@ class Settings(BaseSettings):
     # A create still unconfirmed after this long is looked up on the server (and requeued if
     # absent). Longer than the client's request timeout, so a live create is never second-guessed.
     intent_grace_seconds: float = 900.0
-
-    # Simulator knobs for --simulate (the standalone `longbatch simulator` takes flags).
-    sim_processing_seconds: float = 1.0
-    sim_output_tokens: int = 1_500
+    # How long an unconfirmed create may take to show up in the server's batch list before
+    # we conclude it never happened and queue its requests again.
+    create_grace_seconds: float = 120.0
 
     @property
     def inbox(self) -> Path:

@@ -21,10 +21,14 @@ import re
 import threading
 import time
 import uuid
+import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from longbatch.catalog import ALIASES, BUILTIN_MODELS, OUTPUT_300K_BETA, OUTPUT_300K_MAX, ModelSpec
 from longbatch.fsutil import atomic_write_bytes
@@ -50,14 +54,32 @@ class ApiError(Exception):
         self.message = message
 
 
-@dataclass
-class SimConfig:
+class SimConfig(BaseSettings):
+    """How the simulator behaves. Every field can be set by a LONGBATCH_SIM_* environment
+    variable (LONGBATCH_SIM_FAULT_RATE=0.2, ...) or by `longbatch simulator` flags."""
+
+    model_config = SettingsConfigDict(env_prefix="LONGBATCH_SIM_", extra="ignore")
+
     processing_seconds: float = 2.0  # time for a whole batch to finish
     output_tokens: int = 1_500  # length the simulated model aims for in each report
     expiry_seconds: float = 24 * 3600.0  # scaled down in tests to exercise `expired`
     max_batch_requests: int = 100_000
     max_body_bytes: int = 256_000_000
     state_dir: Path | None = None  # where batches survive a restart; in memory when None
+
+    # Fault injection (all off by default).
+    fault_rate: float = 0.0  # chance that an HTTP call answers with one of fault_statuses
+    fault_statuses: list[int] = Field(default_factory=lambda: [429, 500, 529])
+    fault_endpoints: list[str] = Field(default_factory=list)  # empty: every endpoint
+    not_found_after_create_seconds: float = 0.0  # retrieve answers 404 this long after create
+    drop_after_create_rate: float = 0.0  # create succeeds, then the connection drops unanswered
+    errored_rate: float = 0.0  # chance a request ends errored (overloaded_error: retryable)
+    expired_rate: float = 0.0  # chance a request ends expired
+    results_bytes_per_second: float = 0.0  # throttle results downloads; 0: full speed
+    seed: int = 0
+
+
+FAULT_TYPES = {429: "rate_limit_error", 500: "api_error", 503: "api_error", 529: "overloaded_error"}
 
 
 @dataclass
@@ -110,8 +132,34 @@ class Simulator:
         self._lock = threading.RLock()
         self._batches: dict[str, SimBatch] = {}
         self.create_log: list[tuple[str, list[str]]] = []  # (batch id, custom ids) per create
+        self.faults: dict[str, int] = {}  # what was injected, by kind, for tests and logs
+        self._rng = random.Random(self.config.seed)
         if self.config.state_dir:
             self._load()
+
+    # -- fault injection ---------------------------------------------------------------------
+
+    def injected_fault(self, endpoint: str) -> ApiError | None:
+        """An HTTP error to answer instead of doing the work, by the configured rate."""
+        cfg = self.config
+        if cfg.fault_rate <= 0 or (cfg.fault_endpoints and endpoint not in cfg.fault_endpoints):
+            return None
+        with self._lock:
+            if self._rng.random() >= cfg.fault_rate:
+                return None
+            status = self._rng.choice(cfg.fault_statuses)
+            self._count(f"{endpoint}:{status}")
+        return ApiError(status, FAULT_TYPES.get(status, "api_error"), f"simulated {status} fault")
+
+    def drop_after_create(self) -> bool:
+        with self._lock:
+            if self.config.drop_after_create_rate > 0 and self._rng.random() < self.config.drop_after_create_rate:
+                self._count("create:dropped")
+                return True
+        return False
+
+    def _count(self, kind: str) -> None:
+        self.faults[kind] = self.faults.get(kind, 0) + 1
 
     # -- batches -----------------------------------------------------------------------------
 
@@ -141,7 +189,11 @@ class Simulator:
         return self._view(batch)
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
-        return self._view(self._get(batch_id))
+        batch = self._get(batch_id)
+        if time.time() - batch.created_at < self.config.not_found_after_create_seconds:
+            self._count("retrieve:404-after-create")
+            raise ApiError(404, "not_found_error", f"message batch {batch_id!r} not found")
+        return self._view(batch)
 
     def list(self, limit: int = 20, after_id: str | None = None, before_id: str | None = None) -> dict[str, Any]:
         with self._lock:
@@ -270,13 +322,26 @@ class Simulator:
                 kind = "canceled" if batch.cancel_at is not None and batch.cancel_at <= end else "expired"
                 result: dict[str, Any] = {"type": kind}
             else:
-                result = self._process(req["params"], batch.betas)
+                result = self._chance_outcome(batch.id, req["custom_id"]) or self._process(req["params"], batch.betas)
             batch.counts[result["type"]] = batch.counts.get(result["type"], 0) + 1
             lines.append(json.dumps({"custom_id": req["custom_id"], "result": result}, ensure_ascii=False))
         # Results come back in any order: reverse pairs so no caller can rely on request order.
         order = list(range(n))
         order[::2] = order[::2][::-1]
         return ("\n".join(lines[i] for i in order) + "\n").encode("utf-8")
+
+    def _chance_outcome(self, batch_id: str, custom_id: str) -> dict[str, Any] | None:
+        """Per-request errored/expired by rate, decided by a hash so a restart decides the same."""
+        cfg = self.config
+        if cfg.errored_rate <= 0 and cfg.expired_rate <= 0:
+            return None
+        roll = random.Random(f"{cfg.seed}:{batch_id}:{custom_id}").random()
+        if roll < cfg.errored_rate:
+            return {"type": "errored", "error": {"type": "error", "request_id": None, "error": {
+                "type": "overloaded_error", "message": "simulated transient failure (errored_rate)"}}}
+        if roll < cfg.errored_rate + cfg.expired_rate:
+            return {"type": "expired"}
+        return None
 
     def _process(self, params: dict[str, Any], betas: tuple[str, ...]) -> dict[str, Any]:
         def errored(error_type: str, message: str) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -58,12 +60,16 @@ class _Handler(BaseHTTPRequestHandler):
             for verb, pattern, name in _ROUTES:
                 m = pattern.match(url.path)
                 if m and verb == method:
+                    fault = self.server.sim.injected_fault(name)
+                    if fault is not None:
+                        raise fault
                     self._handle(name, m.groupdict(), parse_qs(url.query), body)
                     return
             raise ApiError(404, "not_found_error", f"no route for {method} {url.path}")
         except ApiError as exc:
+            extra = {"retry-after": "0"} if exc.status == 429 else {}
             self._send_json(exc.status, {"type": "error", "error": {"type": exc.error_type, "message": exc.message},
-                                         "request_id": None})
+                                         "request_id": None}, extra)
 
     def _read_body(self) -> Any:
         length = int(self.headers.get("content-length") or 0)
@@ -89,7 +95,13 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.sim
         betas = tuple(b.strip() for b in (self.headers.get("anthropic-beta") or "").split(",") if b.strip())
         if name == "create":
-            self._send_json(200, self._absolute(sim.create(body, betas)))
+            created = sim.create(body, betas)
+            if sim.drop_after_create():
+                # The batch exists now, but the client never hears so: the case exactly-once must survive.
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self._send_json(200, self._absolute(created))
         elif name == "list":
             def q(key: str) -> str | None:
                 return query.get(key, [None])[0]
@@ -103,7 +115,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif name == "delete":
             self._send_json(200, sim.delete(path["id"]))
         elif name == "results":
-            self._send_bytes(200, sim.results(path["id"]), "application/binary")
+            self._send_bytes(200, sim.results(path["id"]), "application/binary",
+                             throttle=sim.config.results_bytes_per_second)
         elif name == "count_tokens":
             self._send_json(200, sim.count_tokens(body))
         elif name == "models":
@@ -116,18 +129,24 @@ class _Handler(BaseHTTPRequestHandler):
             batch["results_url"] = f"http://{self.headers.get('host')}{batch['results_url']}"
         return batch
 
-    def _send_json(self, status: int, payload: Any) -> None:
-        self._send_bytes(status, json.dumps(payload).encode("utf-8"), "application/json")
+    def _send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
+        self._send_bytes(status, json.dumps(payload).encode("utf-8"), "application/json", headers=headers)
 
-    def _send_bytes(self, status: int, data: bytes, content_type: str) -> None:
+    def _send_bytes(self, status: int, data: bytes, content_type: str, throttle: float = 0.0,
+                    headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("content-type", content_type)
         self.send_header("content-length", str(len(data)))
         self.send_header("request-id", "req_sim")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.end_headers()
         view = memoryview(data)
-        for start in range(0, len(data), _CHUNK):
-            self.wfile.write(view[start: start + _CHUNK])
+        chunk = min(_CHUNK, max(1024, int(throttle / 10))) if throttle else _CHUNK
+        for start in range(0, len(data), chunk):
+            self.wfile.write(view[start: start + chunk])
+            if throttle:
+                time.sleep(chunk / throttle)
 
 
 class _Server(ThreadingHTTPServer):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anthropic
+import httpx2
 from anthropic import omit
 
 from longbatch.client import create_client
@@ -23,8 +24,21 @@ log = logging.getLogger(__name__)
 # A batch can answer 404 for a few seconds right after create.
 NOT_FOUND_GRACE_SECONDS = 120.0
 # How far apart our intent and the server's created_at may be when matching an unknown create.
-RECOVERY_WINDOW_SECONDS = 600.0
+RECOVERY_WINDOW_SECONDS = 900.0
 CREATE_RATE_LIMIT_TRIES = 5
+DOWNLOAD_TRIES = 5
+
+
+class IncompleteDownloadError(Exception):
+    """The results stream ended before its announced length."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors worth another try on an idempotent call (the SDK has already retried a few)."""
+    # httpx2 is the SDK's transport: a stream cut mid-body surfaces as its TransportError.
+    if isinstance(exc, (anthropic.APIConnectionError, IncompleteDownloadError, httpx2.TransportError)):
+        return True
+    return isinstance(exc, anthropic.APIStatusError) and (exc.status_code in (408, 409, 429) or exc.status_code >= 500)
 
 
 @dataclass(frozen=True)
@@ -87,11 +101,12 @@ def _retry_after(exc: anthropic.APIStatusError, attempt: int) -> float:
         return min(2.0 ** attempt, 60.0)
 
 
-def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger) -> list[str]:
+def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger, create_grace_seconds: float) -> list[str]:
     """Find on the server the batches whose create outcome we never heard. A server batch
     created within the recovery window after the intent, with the same request count, and
-    not already known to the ledger, is adopted. When none is found, the create did not
-    happen and its requests go back in the queue. Returns the adopted API ids."""
+    not already known to the ledger, is adopted (its custom_ids are checked when its results
+    arrive). When none is found and the intent is older than `create_grace_seconds`, the
+    create did not happen and its requests go back in the queue. Returns the adopted API ids."""
     unknown = ledger.batches_in_state("unknown")
     if not unknown:
         return []
@@ -99,8 +114,7 @@ def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger) -> list
     earliest = min(b.intent_at for b in unknown) - 5.0
     candidates = []
     for server_batch in client.beta.messages.batches.list(limit=100):
-        created = server_batch.created_at.timestamp()
-        if created < earliest:
+        if server_batch.created_at.timestamp() < earliest:
             break  # newest first: everything after this is older than our intents
         if server_batch.id not in known:
             candidates.append(server_batch)
@@ -117,17 +131,19 @@ def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger) -> list
             ledger.record_created(record.id, chosen.id, chosen.created_at.timestamp())
             adopted.append(chosen.id)
             log.info("recovered batch %s for an unconfirmed create (no second submission)", chosen.id)
-        elif time.time() - record.intent_at > RECOVERY_WINDOW_SECONDS:
-            ledger.record_create_failed(record.id, "create never reached the server", unknown=False)
+        elif time.time() - record.intent_at > create_grace_seconds:
+            ledger.record_create_failed(record.id, "the create never reached the server", unknown=False)
             for fp, _ in ledger.members(record.id).values():
                 ledger.requeue(fp, "failed")
+            log.info("an unconfirmed create of %d request(s) never reached the server; queued again",
+                     record.request_count)
     return adopted
 
 
 @dataclass(frozen=True)
 class BatchStatus:
     record: BatchRecord
-    status: str  # in_progress | canceling | ended | not_visible_yet
+    status: str  # in_progress | canceling | ended | not_visible_yet | unreachable
     counts: dict[str, int]
     ended_at: float | None
 
@@ -159,7 +175,15 @@ def wait_for_batches(
     deadline = time.monotonic() + timeout
     interval = initial
     while True:
-        statuses = [poll_once(client, r) for r in ledger.batches_in_state("submitted")]
+        statuses = []
+        for record in ledger.batches_in_state("submitted"):
+            try:
+                statuses.append(poll_once(client, record))
+            except Exception as exc:  # noqa: BLE001 - only transient errors are let through
+                if not is_transient(exc):
+                    raise
+                log.warning("could not poll batch %s this round: %s", record.api_id, type(exc).__name__)
+                statuses.append(BatchStatus(record, "unreachable", {}, None))
         for st in statuses:
             if st.status == "ended":
                 ledger.record_ended(st.record.id, st.ended_at or time.time(), st.counts)
@@ -186,9 +210,20 @@ def download_results(client: anthropic.Anthropic, api_id: str, results_dir: Path
         return final
     results_dir.mkdir(parents=True, exist_ok=True)
     part = final.with_suffix(".jsonl.part")
-    with client.beta.messages.batches.with_streaming_response.results(api_id) as response:
-        with part.open("wb") as fh:
-            for chunk in response.iter_bytes(1 << 20):
-                fh.write(chunk)
+    for attempt in range(1, DOWNLOAD_TRIES + 1):
+        try:
+            with client.beta.messages.batches.with_streaming_response.results(api_id) as response:
+                expected = int(response.headers.get("content-length") or -1)
+                with part.open("wb") as fh:  # a retry starts the file afresh
+                    for chunk in response.iter_bytes(1 << 20):
+                        fh.write(chunk)
+            if expected >= 0 and part.stat().st_size != expected:
+                raise IncompleteDownloadError(f"got {part.stat().st_size:,} of {expected:,} bytes")
+            break
+        except Exception as exc:  # noqa: BLE001 - only transient errors are retried
+            if attempt == DOWNLOAD_TRIES or not is_transient(exc):
+                raise
+            log.warning("results download of %s failed (%s); retrying", api_id, type(exc).__name__)
+            time.sleep(min(2.0 ** attempt, 30.0))
     part.replace(final)
     return final

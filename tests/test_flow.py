@@ -16,7 +16,7 @@ from flows.process import BudgetExceededError, RunParameters, collect_batches, p
 def fast_polling(monkeypatch):
     monkeypatch.setenv("LONGBATCH_POLL_INITIAL_SECONDS", "0.1")
     monkeypatch.setenv("LONGBATCH_POLL_MAX_SECONDS", "0.3")
-    monkeypatch.setenv("LONGBATCH_SIM_PROCESSING_SECONDS", "0.3")
+    monkeypatch.setenv("LONGBATCH_SIM_PROCESSING_SECONDS", "0.3")  # for --simulate runs
     monkeypatch.setenv("LONGBATCH_SIM_OUTPUT_TOKENS", "600")
 
 
