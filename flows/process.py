@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from longbatch.catalog import DEFAULT_MODEL, ModelSpec, get_model
 from longbatch.client import make_client
 from longbatch.errors import ConfigError
+from longbatch.failpoints import failpoint
 from longbatch.ledger import Ledger
 from longbatch.settings import Settings
 from tasks import batches as batch_io
@@ -214,6 +215,7 @@ def finish_pending(client: anthropic.Anthropic, ledger: Ledger, settings: Settin
                               len(requeued))
         if plan is None or not any(r.fingerprint in set(requeued) for r in plan.requests):
             return  # `collect` without the documents: the next `run` resubmits them
+        failpoint("before-retry")
         submit_until_settled(client, ledger, plan, settings)
 
 
@@ -258,9 +260,11 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
 
     items = ingest_document.map(paths, inbox=inbox).result() if paths else []
     plan = plan_task(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens)
+    failpoint("after-ingest")
     ledger = Ledger.for_data_dir(settings.data_dir, _database_url())
     try:
         ledger.record_plan(_plan_records(plan))
+        failpoint("after-plan")
         _check_budget(plan, ledger, settings.budget_usd)
         with api_session(settings) as client:
             reconcile_task(client, ledger, settings)

@@ -20,6 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from longbatch.errors import ConfigError
+
 SCHEMA_VERSION = 1
 
 metadata = sa.MetaData()
@@ -157,13 +159,25 @@ class Ledger:
     # -- schema -------------------------------------------------------------------------------
 
     def _migrate(self) -> None:
-        metadata.create_all(self.engine)
-        with self.tx() as conn:
-            found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar()
-            if found is None:
+        # Two processes opening a new ledger at once race to create the tables; the loser
+        # sees "already exists" and simply looks again.
+        for attempt in range(5):
+            try:
+                metadata.create_all(self.engine)
+                break
+            except sa.exc.DBAPIError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        try:
+            with self.tx() as conn:
                 conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(found) > SCHEMA_VERSION:
-                raise RuntimeError(
+        except sa.exc.IntegrityError:
+            pass  # an existing ledger (or a concurrent opener wrote it first)
+        with self.tx() as conn:
+            found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one()
+            if int(found) > SCHEMA_VERSION:
+                raise ConfigError(
                     f"The ledger at {self.url} has schema {found}, newer than this longbatch ({SCHEMA_VERSION}): "
                     "upgrade longbatch."
                 )
@@ -281,8 +295,11 @@ class Ledger:
             conn.execute(batches.update().where(batches.c.id == batch_id).values(
                 state="unknown" if unknown else "failed", error=error))
             if not unknown:
+                # The batch was never made: this attempt did not happen, so it is not counted.
                 conn.execute(requests.update().where(requests.c.batch_id == batch_id).values(
-                    state="failed", error_type="create_failed", error_message=error, updated_at=time.time()))
+                    state="failed", error_type="create_failed", error_message=error,
+                    attempts=requests.c.attempts - 1, updated_at=time.time()))
+                conn.execute(batch_members.delete().where(batch_members.c.batch_id == batch_id))
 
     def record_ended(self, batch_id: str, ended_at: float, counts: dict[str, int]) -> None:
         with self.tx() as conn:

@@ -5,6 +5,8 @@ download results (streamed to a local archive). The only stage that touches the 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from anthropic import omit
 
 from longbatch.client import create_client
 from longbatch.errors import WaitTimeoutError
+from longbatch.failpoints import failpoint
 from longbatch.ledger import BatchRecord, Ledger
 from tasks.packing import BatchPlan
 
@@ -57,6 +60,7 @@ def submit_batch(client: anthropic.Anthropic, ledger: Ledger, plan: BatchPlan) -
     if not won:
         return SubmitOutcome(local_id, None, "skipped", "another run submitted these requests")
     mine = set(won)
+    failpoint("before-create")
     creator = create_client(client)
     body = [r.as_request() for r in plan.requests if r.custom_id in mine]
     for attempt in range(1, CREATE_RATE_LIMIT_TRIES + 1):
@@ -74,7 +78,9 @@ def submit_batch(client: anthropic.Anthropic, ledger: Ledger, plan: BatchPlan) -
             return _failed(ledger, local_id, f"HTTP {exc.status_code}: {exc.message}")
         except anthropic.APIConnectionError as exc:
             return _unknown(ledger, local_id, f"connection failed: {type(exc).__name__}")
+        failpoint("after-create")
         ledger.record_created(local_id, created.id, created.created_at.timestamp())
+        failpoint("after-create-recorded")
         log.info("submitted batch %s: %d requests%s", created.id, len(body),
                  f" (betas: {', '.join(plan.betas)})" if plan.betas else "")
         return SubmitOutcome(local_id, created.id, "submitted")
@@ -132,8 +138,9 @@ def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger, create_
             adopted.append(chosen.id)
             log.info("recovered batch %s for an unconfirmed create (no second submission)", chosen.id)
         elif time.time() - record.intent_at > create_grace_seconds:
+            members = ledger.members(record.id)
             ledger.record_create_failed(record.id, "the create never reached the server", unknown=False)
-            for fp, _ in ledger.members(record.id).values():
+            for fp, _ in members.values():
                 ledger.requeue(fp, "failed")
             log.info("an unconfirmed create of %d request(s) never reached the server; queued again",
                      record.request_count)
@@ -184,9 +191,11 @@ def wait_for_batches(
                     raise
                 log.warning("could not poll batch %s this round: %s", record.api_id, type(exc).__name__)
                 statuses.append(BatchStatus(record, "unreachable", {}, None))
+        failpoint("while-waiting")
         for st in statuses:
             if st.status == "ended":
                 ledger.record_ended(st.record.id, st.ended_at or time.time(), st.counts)
+                failpoint("after-ended")
         if on_progress:
             on_progress(statuses)
         if all(st.status == "ended" for st in statuses):
@@ -201,6 +210,16 @@ def wait_for_batches(
         interval = min(interval * 1.5, maximum)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def download_results(client: anthropic.Anthropic, api_id: str, results_dir: Path) -> Path:
     """Stream a batch's results JSONL to `results_dir/<api_id>.jsonl` (through a .part file,
     so a present .jsonl is always complete). The SDK's own line decoder is avoided: it slows
@@ -209,21 +228,37 @@ def download_results(client: anthropic.Anthropic, api_id: str, results_dir: Path
     if final.exists():
         return final
     results_dir.mkdir(parents=True, exist_ok=True)
-    part = final.with_suffix(".jsonl.part")
-    for attempt in range(1, DOWNLOAD_TRIES + 1):
+    # A part file of our own: two processes collecting the same batch never share one.
+    fd, tmp = tempfile.mkstemp(dir=results_dir, prefix=f".{api_id}.{os.getpid()}.", suffix=".part")
+    os.close(fd)
+    part = Path(tmp)
+    try:
+        for attempt in range(1, DOWNLOAD_TRIES + 1):
+            try:
+                with client.beta.messages.batches.with_streaming_response.results(api_id) as response:
+                    expected = int(response.headers.get("content-length") or -1)
+                    with part.open("wb") as fh:  # a retry starts the file afresh
+                        for chunk in response.iter_bytes(1 << 20):
+                            fh.write(chunk)
+                            fh.flush()
+                            failpoint("mid-download")
+                if expected >= 0 and part.stat().st_size != expected:
+                    raise IncompleteDownloadError(f"got {part.stat().st_size:,} of {expected:,} bytes")
+                break
+            except Exception as exc:  # noqa: BLE001 - only transient errors are retried
+                if attempt == DOWNLOAD_TRIES or not is_transient(exc):
+                    raise
+                log.warning("results download of %s failed (%s); retrying", api_id, type(exc).__name__)
+                time.sleep(min(2.0 ** attempt, 30.0))
         try:
-            with client.beta.messages.batches.with_streaming_response.results(api_id) as response:
-                expected = int(response.headers.get("content-length") or -1)
-                with part.open("wb") as fh:  # a retry starts the file afresh
-                    for chunk in response.iter_bytes(1 << 20):
-                        fh.write(chunk)
-            if expected >= 0 and part.stat().st_size != expected:
-                raise IncompleteDownloadError(f"got {part.stat().st_size:,} of {expected:,} bytes")
-            break
-        except Exception as exc:  # noqa: BLE001 - only transient errors are retried
-            if attempt == DOWNLOAD_TRIES or not is_transient(exc):
+            os.replace(part, final)
+        except FileNotFoundError:
+            if not final.exists():  # another collector of this batch finished first and tidied up
                 raise
-            log.warning("results download of %s failed (%s); retrying", api_id, type(exc).__name__)
-            time.sleep(min(2.0 ** attempt, 30.0))
-    part.replace(final)
+    finally:
+        part.unlink(missing_ok=True)
+    for stale in results_dir.glob(f".{api_id}.*.part"):  # left by a process killed mid-download
+        if not _alive(int(stale.name.split(".")[2])):
+            stale.unlink(missing_ok=True)
+    failpoint("after-download")
     return final

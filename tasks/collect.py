@@ -10,6 +10,7 @@ from pathlib import Path
 
 import anthropic
 
+from longbatch.failpoints import failpoint
 from longbatch.ledger import BatchRecord, Ledger
 from tasks.batches import download_results
 from tasks.reports import ReportContext, outcome_cost, write_report
@@ -49,6 +50,7 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
         if outcome.result_type == "succeeded":
             ctx = ReportContext(request, attempt, record.id, record.api_id, record.created_at, record.ended_at)
             report_path = str(write_report(data_dir / "reports", outcome, ctx))
+            failpoint("after-report")
             state = "succeeded"
         elif outcome.retryable:
             state = "retryable"
@@ -69,6 +71,7 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
              outcome.error_message if state != "succeeded" else None),
         )
         stats.add(outcome.result_type)
+        failpoint("mid-results")
     for custom_id in set(members) - seen:
         # The API promises a line per request; if one is missing, the request may be retried.
         fingerprint, _ = members[custom_id]
@@ -76,6 +79,7 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
                                  error_message=f"batch {record.api_id} returned no result for it")
         stats.add("missing")
     ledger.mark_collected(record.id)
+    failpoint("after-collected")
     return stats
 
 

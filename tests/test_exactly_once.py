@@ -1,0 +1,179 @@
+"""Exactly once, nothing lost: SIGKILL at every point of the lifecycle, transient faults on every
+endpoint, and two runs at once. The proof is read from the simulator's own records of creates."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import cli_env, longbatch_cmd
+from longbatch.failpoints import POINTS
+from simulator.engine import SimConfig
+from simulator.server import SimulatorServer
+
+TERMINAL = {"complete", "truncated", "refused", "failed", "error", "does_not_fit", "duplicate"}
+PROSE = "The auditors examined every ledger entry for the fiscal year. Their findings follow below. " * 25
+
+
+def make_inbox(inbox: Path, corpus: Path) -> None:
+    import shutil
+
+    inbox.mkdir(parents=True, exist_ok=True)
+    shutil.copy(corpus / "text/sec_10k_apple.md", inbox / "apple.md")
+    shutil.copy(corpus / "pdf/enc_owner_restricted_rc4_dmca_18p.pdf", inbox / "dmca.pdf")
+    shutil.copy(corpus / "pdf/enc_aes256_r6_userpw-foo_ownerpw-bar.pdf", inbox / "locked.pdf")
+    (inbox / "memo.txt").write_text(PROSE, encoding="utf-8")
+    (inbox / "expires.txt").write_text(PROSE + "[[simulate:expired]]", encoding="utf-8")
+
+
+def creates_per_custom_id(state_dir: Path) -> Counter:
+    counts: Counter = Counter()
+    for path in state_dir.glob("msgbatch_*.json"):
+        counts.update(r["custom_id"] for r in json.loads(path.read_text())["requests"])
+    return counts
+
+
+def assert_every_document_settled(data_dir: Path) -> pd.DataFrame:
+    summary = pd.read_csv(data_dir / "reports" / "summary.csv")
+    assert set(summary["status"]) <= TERMINAL, summary[["source", "status", "reason"]].to_string()
+    for _, row in summary[summary["status"] == "complete"].iterrows():
+        assert (data_dir / row["report"]).is_file()
+        assert (data_dir / row["report"]).with_suffix(".json").is_file()
+    return summary
+
+
+@pytest.fixture
+def sim_process(tmp_path):
+    """A standalone simulator process whose state directory is the record of every create."""
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state = tmp_path / "simstate"
+    proc = subprocess.Popen([*longbatch_cmd(), "simulator", "--port", str(port), "--processing-seconds", "0.4",
+                             "--output-tokens", "300", "--state-dir", str(state)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
+    for _ in range(300):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}", state
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def crash_env(url: str, **extra: str) -> dict[str, str]:
+    return cli_env(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY="sk-ant-crash-test",
+                   LONGBATCH_POLL_INITIAL_SECONDS="0.2", LONGBATCH_POLL_MAX_SECONDS="0.5",
+                   # The killed process is gone for good: its intents need no waiting for.
+                   LONGBATCH_INTENT_GRACE_SECONDS="0", LONGBATCH_CREATE_GRACE_SECONDS="1", **extra)
+
+
+@pytest.mark.parametrize("point", POINTS)
+def test_sigkill_anywhere_then_rerun_pays_once_and_loses_nothing(point, tmp_path, corpus, sim_process):
+    url, state = sim_process
+    data_dir = tmp_path / "data"
+    make_inbox(data_dir / "inbox", corpus)
+    args = ["run", "--data-dir", str(data_dir), "--max-output-tokens", "3000", "--max-attempts", "2"]
+
+    crashed = subprocess.run([*longbatch_cmd(), *args], capture_output=True, text=True, timeout=300,
+                             env=crash_env(url, LONGBATCH_FAILPOINT=point))
+    assert crashed.returncode == -signal.SIGKILL, f"{point} was not reached:\n{crashed.stderr[-3000:]}"
+
+    rerun = subprocess.run([*longbatch_cmd(), *args], capture_output=True, text=True, timeout=300,
+                           env=crash_env(url))
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+
+    summary = assert_every_document_settled(data_dir)
+    status = dict(zip(summary["source"], summary["status"]))
+    assert status == {"apple.md": "complete", "dmca.pdf": "complete", "memo.txt": "complete",
+                      "locked.pdf": "error", "expires.txt": "failed"}
+    creates = creates_per_custom_id(state)
+    expected = {cid: 1 for cid in creates if "expires" not in cid}
+    assert {c: n for c, n in creates.items() if "expires" not in c} == expected, creates
+    assert len(expected) == 3, creates  # apple, dmca, memo: each created exactly once
+    assert [n for c, n in creates.items() if "expires" in c] == [2]  # two attempts, as allowed
+    assert not list(data_dir.rglob("*.part")) and not list(data_dir.rglob("*.tmp"))
+
+
+def test_twenty_percent_faults_everywhere_complete_with_no_duplicates(tmp_path, corpus, monkeypatch):
+    config = SimConfig(processing_seconds=0.3, output_tokens=300, fault_rate=0.2, drop_after_create_rate=0.2,
+                       not_found_after_create_seconds=0.5, errored_rate=0.15, expired_rate=0.1,
+                       results_bytes_per_second=200_000, seed=7)
+    data_dir = tmp_path / "data"
+    make_inbox(data_dir / "inbox", corpus)
+    (data_dir / "inbox" / "expires.txt").unlink()
+    for i in range(8):
+        (data_dir / "inbox" / f"note-{i}.txt").write_text(f"Note {i}. " + PROSE, encoding="utf-8")
+    monkeypatch.setenv("LONGBATCH_POLL_INITIAL_SECONDS", "0.2")
+    monkeypatch.setenv("LONGBATCH_POLL_MAX_SECONDS", "0.5")
+    monkeypatch.setenv("LONGBATCH_CREATE_GRACE_SECONDS", "0.5")
+    from flows.process import RunParameters, process_documents
+
+    with SimulatorServer(config) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-fault-test")
+        process_documents(RunParameters(data_dir=str(data_dir), max_output_tokens=2_000, max_attempts=10))
+        sim = server.sim
+        # Paid at most once: across every batch the server made, no request succeeded twice.
+        succeeded: Counter = Counter()
+        for batch_id, _ in sim.create_log:
+            for line in sim.results(batch_id).splitlines():
+                item = json.loads(line)
+                if item["result"]["type"] == "succeeded":
+                    succeeded[item["custom_id"]] += 1
+        faults = dict(sim.faults)
+        created = Counter(cid for _, ids in sim.create_log for cid in ids)
+    summary = assert_every_document_settled(data_dir)
+    readable = summary[summary["source"] != "locked.pdf"]
+    assert set(readable["status"]) == {"complete"}, readable[["source", "status", "reason"]].to_string()
+    assert len(succeeded) == 11 and max(succeeded.values()) == 1
+    # A request was created again only after an unbilled outcome (errored, expired): never while live.
+    from longbatch.ledger import Ledger
+
+    ledger = Ledger.for_data_dir(data_dir)
+    for cid, n in created.items():
+        attempts = ledger.usage_rows()
+        assert n == sum(1 for r in attempts if r["custom_id"] == cid), cid
+    ledger.close()
+    assert faults.get("create:dropped", 0) >= 1 and sum(v for k, v in faults.items() if ":" in k) >= 10, faults
+
+
+def test_two_runs_at_once_submit_each_request_once(tmp_path, corpus, sim_process):
+    url, state = sim_process
+    data_dir = tmp_path / "data"
+    make_inbox(data_dir / "inbox", corpus)
+    (data_dir / "inbox" / "expires.txt").unlink()
+    for i in range(6):
+        (data_dir / "inbox" / f"extra-{i}.txt").write_text(f"Extra {i}. " + PROSE, encoding="utf-8")
+    args = [*longbatch_cmd(), "run", "--data-dir", str(data_dir), "--max-output-tokens", "2000"]
+    procs = []
+    barrier = threading.Barrier(2)
+
+    def start() -> None:
+        barrier.wait()
+        procs.append(subprocess.run(args, capture_output=True, text=True, timeout=300, env=crash_env(url)))
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, p in enumerate(procs):
+        (tmp_path / f"run{i}.stderr").write_text(p.stderr)
+    assert [p.returncode for p in procs] == [0, 0], [p.stderr[-2000:] for p in procs]
+    creates = creates_per_custom_id(state)
+    assert len(creates) == 9 and set(creates.values()) == {1}, creates
+    summary = assert_every_document_settled(data_dir)
+    assert (summary["status"] == "complete").sum() == 9
