@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from longbatch.errors import ConfigError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
 
@@ -78,6 +78,9 @@ batches = sa.Table(
     sa.Column("collected_at", sa.Float),
     sa.Column("counts", sa.Text),
     sa.Column("error", sa.Text),
+    # Found on the server after an unconfirmed create (schema 2): its custom_ids are checked
+    # against ours when its results arrive.
+    sa.Column("adopted", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 batch_members = sa.Table(
@@ -110,6 +113,14 @@ results = sa.Table(
 )
 
 
+def _v1_to_v2(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE batches ADD COLUMN adopted BOOLEAN NOT NULL DEFAULT FALSE"))
+
+
+# MIGRATIONS[n] takes a ledger from schema n to n + 1, inside the opening transaction.
+MIGRATIONS = {1: _v1_to_v2}
+
+
 @dataclass(frozen=True)
 class BatchRecord:
     id: str
@@ -120,6 +131,7 @@ class BatchRecord:
     intent_at: float
     created_at: float | None
     ended_at: float | None = None
+    adopted: bool = False
 
 
 def default_url(data_dir: Path) -> str:
@@ -181,7 +193,9 @@ class Ledger:
                     f"The ledger at {self.url} has schema {found}, newer than this longbatch ({SCHEMA_VERSION}): "
                     "upgrade longbatch."
                 )
-            # Older versions migrate here, one step at a time, when there are any.
+            for version in range(int(found), SCHEMA_VERSION):
+                MIGRATIONS[version](conn)
+                conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(version + 1)))
 
     # -- plan ---------------------------------------------------------------------------------
 
@@ -281,10 +295,10 @@ class Ledger:
                 (batches.c.state == "intent") & (batches.c.intent_at < time.time() - older_than_seconds)
             ).values(state="unknown", error="the process stopped during create")).rowcount
 
-    def record_created(self, batch_id: str, api_id: str, created_at: float) -> None:
+    def record_created(self, batch_id: str, api_id: str, created_at: float, adopted: bool = False) -> None:
         with self.tx() as conn:
             conn.execute(batches.update().where(batches.c.id == batch_id).values(
-                state="submitted", api_id=api_id, created_at=created_at))
+                state="submitted", api_id=api_id, created_at=created_at, adopted=adopted))
             conn.execute(requests.update().where(requests.c.batch_id == batch_id).values(
                 state="submitted", updated_at=time.time()))
 
@@ -316,7 +330,8 @@ class Ledger:
             rows = conn.execute(sa.select(batches).where(batches.c.state.in_(states))
                                 .order_by(batches.c.intent_at)).mappings()
             return [BatchRecord(r["id"], r["api_id"], r["state"], tuple(b for b in r["betas"].split(",") if b),
-                                r["request_count"], r["intent_at"], r["created_at"], r["ended_at"]) for r in rows]
+                                r["request_count"], r["intent_at"], r["created_at"], r["ended_at"],
+                                bool(r["adopted"])) for r in rows]
 
     def members(self, batch_id: str) -> dict[str, tuple[str, int]]:
         """custom_id -> (fingerprint, attempt) for a batch."""

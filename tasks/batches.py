@@ -134,7 +134,7 @@ def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger, create_
         if match:
             chosen = min(match, key=lambda b: b.created_at)
             candidates.remove(chosen)
-            ledger.record_created(record.id, chosen.id, chosen.created_at.timestamp())
+            ledger.record_created(record.id, chosen.id, chosen.created_at.timestamp(), adopted=True)
             adopted.append(chosen.id)
             log.info("recovered batch %s for an unconfirmed create (no second submission)", chosen.id)
         elif time.time() - record.intent_at > create_grace_seconds:

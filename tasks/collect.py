@@ -72,6 +72,10 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
         )
         stats.add(outcome.result_type)
         failpoint("mid-results")
+    if record.adopted and not seen:
+        # An adopted batch holding none of our custom_ids was a wrong match: say so loudly; its
+        # requests are treated as never sent (they are retried below).
+        log.error("batch %s, adopted after an unconfirmed create, holds none of our requests", record.api_id)
     for custom_id in set(members) - seen:
         # The API promises a line per request; if one is missing, the request may be retried.
         fingerprint, _ = members[custom_id]

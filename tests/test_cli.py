@@ -92,7 +92,8 @@ def test_run_against_a_standalone_simulator_like_the_real_api(tmp_path, corpus, 
     (data_dir / "inbox").mkdir(parents=True)
     shutil.copy(corpus / "text/sec_10k_apple.md", data_dir / "inbox")
     shutil.copy(corpus / "pdf/broken_truncated_60pct_nist_sp800-223.pdf", data_dir / "inbox")
-    env = cli_env(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY=SECRET, LONGBATCH_POLL_INITIAL_SECONDS="0.2")
+    env = cli_env(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY=SECRET, LONGBATCH_POLL_INITIAL_SECONDS="0.2",
+                  PREFECT_LOGGING_LEVEL="DEBUG")
     proc = run_cli("run", "--data-dir", str(data_dir), "--max-output-tokens", "4000", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "1 complete" in proc.stdout and "1 error" in proc.stdout
@@ -111,6 +112,18 @@ def test_run_against_a_standalone_simulator_like_the_real_api(tmp_path, corpus, 
             assert SECRET.encode() not in path.read_bytes(), path
     for output in (proc.stdout, proc.stderr, status.stdout, usage.stdout):
         assert SECRET not in output
+    # Nor in any log line or parameter the Prefect server recorded for the run.
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as prefect_client:
+        logs = []
+        while batch := prefect_client.read_logs(limit=200, offset=len(logs)):
+            logs.extend(batch)
+        runs = prefect_client.read_flow_runs(limit=200, sort=FlowRunSort.ID_DESC)
+    assert any("msgbatch_" in log.message for log in logs)  # the run's own lines are there
+    assert not any(SECRET in log.message for log in logs)
+    assert not any(SECRET in str(run.parameters) for run in runs)
 
 
 def test_no_wait_then_collect_from_the_cli(tmp_path, standalone_simulator):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import anthropic
 import pytest
@@ -228,3 +229,69 @@ def test_request_tokens_count_system_and_messages():
     base = count_request_tokens(params(text="hello world"), spec)
     with_system = count_request_tokens({**params(text="hello world"), "system": "You are careful."}, spec)
     assert with_system > base
+
+
+# -- fault injection -------------------------------------------------------------------------
+
+def sim_client(server, retries=0):
+    return anthropic.Anthropic(api_key="k", base_url=server.url, max_retries=retries)
+
+
+def test_faults_hit_only_the_named_endpoints_with_the_named_statuses():
+    config = SimConfig(processing_seconds=0.1, fault_rate=1.0, fault_statuses=[529], fault_endpoints=["list"])
+    with SimulatorServer(config) as server:
+        client = sim_client(server)
+        batch = client.beta.messages.batches.create(requests=[{"custom_id": "a", "params": params()}])
+        assert client.beta.messages.batches.retrieve(batch.id).id == batch.id
+        with pytest.raises(anthropic.APIStatusError) as info:
+            client.beta.messages.batches.list()
+        assert info.value.status_code == 529 and server.sim.faults == {"list:529": 1}
+
+
+def test_429_carries_retry_after_and_the_sdk_retries_through_it():
+    config = SimConfig(fault_rate=0.5, fault_statuses=[429], fault_endpoints=["models"], seed=3)
+    with SimulatorServer(config) as server:
+        for _ in range(10):
+            assert sim_client(server, retries=8).models.list().data  # every call gets through
+        assert server.sim.faults.get("models:429", 0) >= 3
+
+
+def test_404_window_right_after_create():
+    with SimulatorServer(SimConfig(processing_seconds=0.1, not_found_after_create_seconds=0.5)) as server:
+        client = sim_client(server)
+        batch = client.beta.messages.batches.create(requests=[{"custom_id": "a", "params": params()}])
+        with pytest.raises(anthropic.NotFoundError):
+            client.beta.messages.batches.retrieve(batch.id)
+        time.sleep(0.6)
+        assert client.beta.messages.batches.retrieve(batch.id).processing_status == "ended"
+
+
+def test_dropped_connection_after_create_leaves_the_batch_made():
+    with SimulatorServer(SimConfig(processing_seconds=0.1, drop_after_create_rate=1.0)) as server:
+        client = sim_client(server)
+        with pytest.raises(anthropic.APIConnectionError):
+            client.beta.messages.batches.create(requests=[{"custom_id": "a", "params": params()}])
+        made = list(client.beta.messages.batches.list())
+        assert len(made) == 1 and server.sim.faults == {"create:dropped": 1}
+
+
+def test_per_request_errored_and_expired_rates():
+    config = SimConfig(processing_seconds=0.1, errored_rate=0.3, expired_rate=0.3, seed=1)
+    with SimulatorServer(config) as server:
+        batch, out = run_batch(sim_client(server), [{"custom_id": f"r{i}", "params": params()} for i in range(60)])
+    kinds = Counter(o.result_type for o in out.values())
+    assert kinds["errored"] >= 8 and kinds["expired"] >= 8 and kinds["succeeded"] >= 8
+    assert all(o.retryable for o in out.values() if o.result_type != "succeeded")
+
+
+def test_slow_results_download_is_throttled():
+    config = SimConfig(processing_seconds=0.1, output_tokens=20_000, results_bytes_per_second=100_000)
+    text = "<document>\n" + "A sentence of the contract is here. " * 30_000 + "\n</document>"
+    with SimulatorServer(config) as server:
+        client = sim_client(server)
+        batch = client.beta.messages.batches.create(requests=[{"custom_id": "a", "params": params(text=text, max_tokens=30_000)}])
+        time.sleep(0.2)
+        start = time.time()
+        body = client.beta.messages.batches.with_raw_response.results(batch.id).http_response.read()
+        elapsed = time.time() - start
+    assert len(body) > 60_000 and elapsed >= len(body) / 100_000 * 0.7
