@@ -215,10 +215,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from longbatch.ledger import Ledger
 
-    if not (args.data_dir / "ledger.sqlite").exists() and not os.environ.get("LONGBATCH_DATABASE_URL"):
+    ledger = Ledger.existing(args.data_dir)
+    if ledger is None:
         print(f"No ledger in {args.data_dir}: nothing has been submitted from there yet.")
         return 0
-    ledger = Ledger.for_data_dir(args.data_dir, os.environ.get("LONGBATCH_DATABASE_URL"))
     pending = ledger.batches_in_state("intent", "unknown", "submitted", "ended")
     now = time.time()
     if not pending:
@@ -241,10 +241,10 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
     from longbatch.ledger import Ledger
 
-    if not (args.data_dir / "ledger.sqlite").exists() and not os.environ.get("LONGBATCH_DATABASE_URL"):
+    ledger = Ledger.existing(args.data_dir)
+    if ledger is None:
         print(f"No ledger in {args.data_dir}: nothing spent.")
         return 0
-    ledger = Ledger.for_data_dir(args.data_dir, os.environ.get("LONGBATCH_DATABASE_URL"))
     frame = pd.DataFrame(ledger.usage_rows())
     ledger.close()
     if frame.empty:
@@ -291,6 +291,7 @@ def _print_summary(path: Path, data_dir: Path) -> None:
         print("The inbox is empty: nothing to do.")
         return
     show = frame[["source", "prompt", "status", "output_tokens", "cost_usd", "reason"]].copy()
+    show["output_tokens"] = show["output_tokens"].astype("Int64")
     show["source"] = show["source"].str.slice(0, 48)
     show["reason"] = show["reason"].fillna("").str.slice(0, 70)
     print(show.to_string(index=False, na_rep="-"))

@@ -261,7 +261,7 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
     items = ingest_document.map(paths, inbox=inbox).result() if paths else []
     plan = plan_task(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens)
     failpoint("after-ingest")
-    ledger = Ledger.for_data_dir(settings.data_dir, _database_url())
+    ledger = Ledger.for_data_dir(settings.data_dir)
     try:
         ledger.record_plan(_plan_records(plan))
         failpoint("after-plan")
@@ -295,7 +295,7 @@ def collect_batches(
     """
     settings = Settings(data_dir=Path(data_dir), simulate=simulate)
     check_api_access(settings)
-    ledger = Ledger.for_data_dir(settings.data_dir, _database_url())
+    ledger = Ledger.for_data_dir(settings.data_dir)
     try:
         with api_session(settings) as client:
             reconcile_task(client, ledger, settings)
@@ -317,12 +317,6 @@ def collect_batches(
     finally:
         ledger.close()
     return _result(summary)
-
-
-def _database_url() -> str | None:
-    import os
-
-    return os.environ.get("LONGBATCH_DATABASE_URL") or None
 
 
 def _plan_records(plan: Plan) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ INSERT that a unique key lets exactly one process win, not a check-then-act.
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -157,8 +158,16 @@ class Ledger:
         self._migrate()
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path, url: str | None = None) -> "Ledger":
-        return cls(url or default_url(data_dir))
+    def for_data_dir(cls, data_dir: Path) -> "Ledger":
+        """The ledger of a data dir: LONGBATCH_DATABASE_URL when set, else SQLite inside it."""
+        return cls(os.environ.get("LONGBATCH_DATABASE_URL") or default_url(data_dir))
+
+    @classmethod
+    def existing(cls, data_dir: Path) -> "Ledger | None":
+        """The ledger if there is one; None (and nothing created) when nothing was ever recorded."""
+        if os.environ.get("LONGBATCH_DATABASE_URL") or (data_dir / "ledger.sqlite").exists():
+            return cls.for_data_dir(data_dir)
+        return None
 
     def close(self) -> None:
         self.engine.dispose()

@@ -47,7 +47,7 @@ def _sections(text: str) -> list[tuple[str, str]]:
     return [(f"Part {i // size + 1}", text[i: i + size]) for i in range(0, len(text), size)] or [("Part 1", "")]
 
 
-def _lines(title: str, text: str) -> Iterator[str]:
+def _lines(text: str) -> Iterator[str]:
     yield "# Report on the document"
     yield ""
     yield LABEL
@@ -82,7 +82,7 @@ def generate(user_text: str, target_tokens: int, tokenizer: str) -> tuple[str, i
     out: list[str] = []
     used = 0
     reached = False
-    for line in _lines("", document_text(user_text)):
+    for line in _lines(document_text(user_text)):
         cost = count_text(line + "\n")
         if used + cost > budget:
             partial: list[str] = []

@@ -94,3 +94,33 @@ def longbatch_cmd() -> list[str]:
     """The installed console script, as a user runs it."""
     script = Path(sys.executable).parent / "longbatch"
     return [str(script)] if script.exists() else [sys.executable, "-m", "flows.cli"]
+
+
+@pytest.fixture
+def standalone_simulator(tmp_path):
+    """`longbatch simulator` as its own process; its state dir is the record of every create.
+    Yields (base URL, state dir)."""
+    import subprocess
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    state = tmp_path / "simstate"
+    proc = subprocess.Popen([*longbatch_cmd(), "simulator", "--port", str(port), "--processing-seconds", "0.4",
+                             "--output-tokens", "400", "--state-dir", str(state)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("the simulator did not start: " + proc.stderr.read())
+            time.sleep(0.1)
+    yield f"http://127.0.0.1:{port}", state
+    proc.terminate()
+    out, err = proc.communicate(timeout=10)
+    assert "sk-ant-" not in out + err  # the simulator never prints a key it was sent

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -56,34 +55,6 @@ def test_plan_shows_numbers_and_sends_nothing(tmp_path, corpus):
     ready = plan[plan["status"] == "ready"].iloc[0]
     assert ready["granted_max_tokens"] == 300_000 and ready["pages"] == 14 and ready["max_cost_usd"] > 0
     assert not (tmp_path / "ledger.sqlite").exists()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def standalone_simulator(tmp_path):
-    port = _free_port()
-    proc = subprocess.Popen([*longbatch_cmd(), "simulator", "--port", str(port), "--processing-seconds", "0.5",
-                             "--output-tokens", "500", "--state-dir", str(tmp_path / "simstate")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail("simulator did not start: " + proc.stderr.read())
-    yield f"http://127.0.0.1:{port}", tmp_path / "simstate"
-    proc.terminate()
-    out, err = proc.communicate(timeout=10)
-    assert SECRET not in out + err
 
 
 def test_run_against_a_standalone_simulator_like_the_real_api(tmp_path, corpus, standalone_simulator):

@@ -49,30 +49,6 @@ def assert_every_document_settled(data_dir: Path) -> pd.DataFrame:
     return summary
 
 
-@pytest.fixture
-def sim_process(tmp_path):
-    """A standalone simulator process whose state directory is the record of every create."""
-    import socket
-    import time
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    state = tmp_path / "simstate"
-    proc = subprocess.Popen([*longbatch_cmd(), "simulator", "--port", str(port), "--processing-seconds", "0.4",
-                             "--output-tokens", "300", "--state-dir", str(state)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=cli_env())
-    for _ in range(300):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}", state
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
 def crash_env(url: str, **extra: str) -> dict[str, str]:
     return cli_env(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY="sk-ant-crash-test",
                    LONGBATCH_POLL_INITIAL_SECONDS="0.2", LONGBATCH_POLL_MAX_SECONDS="0.5",
@@ -81,8 +57,8 @@ def crash_env(url: str, **extra: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("point", POINTS)
-def test_sigkill_anywhere_then_rerun_pays_once_and_loses_nothing(point, tmp_path, corpus, sim_process):
-    url, state = sim_process
+def test_sigkill_anywhere_then_rerun_pays_once_and_loses_nothing(point, tmp_path, corpus, standalone_simulator):
+    url, state = standalone_simulator
     data_dir = tmp_path / "data"
     make_inbox(data_dir / "inbox", corpus)
     args = ["run", "--data-dir", str(data_dir), "--max-output-tokens", "3000", "--max-attempts", "2"]
@@ -150,8 +126,8 @@ def test_twenty_percent_faults_everywhere_complete_with_no_duplicates(tmp_path, 
     assert faults.get("create:dropped", 0) >= 1 and sum(v for k, v in faults.items() if ":" in k) >= 10, faults
 
 
-def test_two_runs_at_once_submit_each_request_once(tmp_path, corpus, sim_process):
-    url, state = sim_process
+def test_two_runs_at_once_submit_each_request_once(tmp_path, corpus, standalone_simulator):
+    url, state = standalone_simulator
     data_dir = tmp_path / "data"
     make_inbox(data_dir / "inbox", corpus)
     (data_dir / "inbox" / "expires.txt").unlink()
