@@ -115,10 +115,11 @@ def submit_task(client: anthropic.Anthropic, ledger: Ledger, plan: Plan) -> list
     """Claim this plan's new work in the ledger, pack what is queued, submit each batch once."""
     logger = get_run_logger()
     current = {r.fingerprint: r for r in plan.requests}
+    rows = {r.custom_id: r for r in plan.rows if r.custom_id}
     for req in plan.requests:
         known = ledger.request(req.fingerprint)
         if known is None:
-            row = plan_row_for(plan, req.custom_id)
+            row = rows[req.custom_id]
             ledger.claim({"fingerprint": req.fingerprint, "custom_id": req.custom_id, "doc_id": req.doc_id,
                           "source": row.source, "sha256": row.sha256, "prompt": req.prompt, "model": req.model,
                           "max_tokens": req.max_tokens, "betas": ",".join(req.betas)})
@@ -132,10 +133,6 @@ def submit_task(client: anthropic.Anthropic, ledger: Ledger, plan: Plan) -> list
         if outcome.state == "failed":
             logger.error("batch of %d requests was not created: %s", len(batch_plan.requests), outcome.error)
     return outcomes
-
-
-def plan_row_for(plan: Plan, custom_id: str):  # noqa: ANN201 - PlanRow
-    return next(r for r in plan.rows if r.custom_id == custom_id)
 
 
 @task(name="reconcile-ledger", cache_policy=NO_CACHE)
