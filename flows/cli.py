@@ -68,11 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
     _planning(plan)
 
     collect = sub.add_parser("collect", help="look at pending batches, assemble what ended",
-                             description="Poll every pending batch, write the reports of those that ended and "
-                                         "update summary.csv. Retryable requests are resubmitted by the next run.")
+                             description="Poll every pending batch, write the reports of those that ended, "
+                                         "resubmit expired, canceled and transiently failed requests (rebuilt "
+                                         "from the inbox), and update summary.csv.")
     _common(collect)
     collect.add_argument("--simulate", action="store_true", help="talk to the built-in simulator")
     collect.add_argument("--wait", action="store_true", help="wait until every pending batch has ended")
+    collect.add_argument("--inbox", type=Path,
+                         help="where the documents are, to rebuild retried requests (default: DATA_DIR/inbox)")
 
     status = sub.add_parser("status", help="pending batches and requests")
     _common(status)
@@ -207,7 +210,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from longbatch.settings import Settings
 
     check_api_access(Settings(data_dir=args.data_dir, simulate=args.simulate))
-    result = collect_batches(data_dir=str(args.data_dir), simulate=args.simulate, wait=args.wait)
+    result = collect_batches(data_dir=str(args.data_dir), simulate=args.simulate, wait=args.wait,
+                             inbox=str(args.inbox) if args.inbox else None)
     _print_summary(Path(result["summary_csv"]), args.data_dir)
     return 0
 

@@ -29,7 +29,8 @@ from tasks import batches as batch_io
 from tasks.collect import CollectStats, collect_batch, settle_retries
 from tasks.ingest import Document, IngestFailure, discover, read_document
 from tasks.packing import pack
-from tasks.plan import Plan, make_plan
+from tasks.build import PlannedRequest
+from tasks.plan import Plan, make_plan, rebuild_request
 from tasks.prompts import Prompt, load_prompts
 from tasks.reports import write_summary
 
@@ -110,28 +111,34 @@ def plan_task(items: list[Document | IngestFailure], prompts: list[Prompt], mode
     return make_plan(items, prompts, model, requested, min_output)
 
 
-@task(name="submit-batches", cache_policy=NO_CACHE)
-def submit_task(client: anthropic.Anthropic, ledger: Ledger, plan: Plan) -> list[batch_io.SubmitOutcome]:
-    """Claim this plan's new work in the ledger, pack what is queued, submit each batch once."""
-    logger = get_run_logger()
-    current = {r.fingerprint: r for r in plan.requests}
+def claim_plan(ledger: Ledger, plan: Plan) -> None:
+    """Record this plan's new work in the ledger as queued. Work the ledger already knows
+    (same fingerprint, from an earlier or a concurrent run) is not claimed again."""
     rows = {r.custom_id: r for r in plan.rows if r.custom_id}
     for req in plan.requests:
-        known = ledger.request(req.fingerprint)
-        if known is None:
+        if ledger.request(req.fingerprint) is None:
             row = rows[req.custom_id]
             ledger.claim({"fingerprint": req.fingerprint, "custom_id": req.custom_id, "doc_id": req.doc_id,
                           "source": row.source, "sha256": row.sha256, "prompt": req.prompt, "model": req.model,
                           "max_tokens": req.max_tokens, "betas": ",".join(req.betas)})
-        elif known["state"] == "failed" and known["error_type"] == "create_failed":
-            ledger.requeue(req.fingerprint, "failed")  # never reached the API: safe to send
-    queued = [current[r["fingerprint"]] for r in ledger.requests_in_state("queued") if r["fingerprint"] in current]
+
+
+@task(name="submit-batches", cache_policy=NO_CACHE)
+def submit_task(client: anthropic.Anthropic, ledger: Ledger,
+                requests: list[PlannedRequest]) -> list[batch_io.SubmitOutcome]:
+    """Pack those of `requests` that are queued in the ledger and submit each batch once."""
+    by_fp = {r.fingerprint: r for r in requests}
+    for row in ledger.requests_in_state("failed"):
+        if row["error_type"] == "create_failed" and row["fingerprint"] in by_fp:
+            ledger.requeue(row["fingerprint"], "failed")  # never reached the API: safe to send
+    queued = [by_fp[r["fingerprint"]] for r in ledger.requests_in_state("queued") if r["fingerprint"] in by_fp]
     outcomes = []
     for batch_plan in pack(queued):
         outcome = batch_io.submit_batch(client, ledger, batch_plan)
         outcomes.append(outcome)
         if outcome.state == "failed":
-            logger.error("batch of %d requests was not created: %s", len(batch_plan.requests), outcome.error)
+            get_run_logger().error("batch of %d requests was not created: %s", len(batch_plan.requests),
+                                   outcome.error)
     return outcomes
 
 
@@ -154,12 +161,13 @@ def reconcile_task(client: anthropic.Anthropic, ledger: Ledger, settings: Settin
 MAX_SUBMIT_ROUNDS = 50
 
 
-def submit_until_settled(client: anthropic.Anthropic, ledger: Ledger, plan: Plan, settings: Settings) -> None:
-    """Submit this plan's queued work; while creates are unconfirmed, look them up and
+def submit_until_settled(client: anthropic.Anthropic, ledger: Ledger, requests: list[PlannedRequest],
+                         settings: Settings) -> None:
+    """Submit the queued ones of `requests`; while creates are unconfirmed, look them up and
     resubmit only what provably never reached the server."""
-    mine = {r.fingerprint for r in plan.requests}
+    mine = {r.fingerprint for r in requests}
     for _ in range(MAX_SUBMIT_ROUNDS):
-        submit_task(client, ledger, plan)
+        submit_task(client, ledger, requests)
         reconcile_task(client, ledger, settings)
         unknown = ledger.batches_in_state("unknown")
         queued = [r for r in ledger.requests_in_state("queued") if r["fingerprint"] in mine]
@@ -200,8 +208,9 @@ def collect_task(client: anthropic.Anthropic, ledger: Ledger, data_dir: Path) ->
 
 
 def finish_pending(client: anthropic.Anthropic, ledger: Ledger, settings: Settings, max_attempts: int,
-                   plan: Plan | None) -> None:
-    """Wait, collect, retry what may be retried (while the plan has the requests), until done."""
+                   requests: list[PlannedRequest] | None, inbox: Path) -> None:
+    """Wait, collect, and resend what may be retried, until nothing is pending. `requests` are
+    the run's own; others (from earlier runs, or all of them for collect) are rebuilt."""
     while True:
         wait_task(client, ledger, settings)
         collect_task(client, ledger, settings.data_dir)
@@ -210,10 +219,26 @@ def finish_pending(client: anthropic.Anthropic, ledger: Ledger, settings: Settin
             return
         get_run_logger().info("resubmitting %d request(s) that expired, were canceled or hit transient errors",
                               len(requeued))
-        if plan is None or not any(r.fingerprint in set(requeued) for r in plan.requests):
-            return  # `collect` without the documents: the next `run` resubmits them
         failpoint("before-retry")
-        submit_until_settled(client, ledger, plan, settings)
+        submit_until_settled(client, ledger, queued_requests(ledger, inbox, settings.data_dir, requests), settings)
+
+
+def queued_requests(ledger: Ledger, inbox: Path, data_dir: Path,
+                    known: list[PlannedRequest] | None = None) -> list[PlannedRequest]:
+    """The exact requests behind the ledger's queued work: taken from `known` (this run's plan)
+    where there, rebuilt from the inbox otherwise. One whose document or prompt changed since
+    it was planned cannot be rebuilt the same: it fails with the reason (the next `run` plans
+    the new version)."""
+    by_fp = {r.fingerprint: r for r in known or []}
+    out = []
+    for row in ledger.requests_in_state("queued"):
+        found = by_fp.get(row["fingerprint"]) or rebuild_request(row, inbox, data_dir)
+        if isinstance(found, str):
+            ledger.set_request_state([row["fingerprint"]], "failed", error_type="not_rebuildable",
+                                     error_message=found)
+        else:
+            out.append(found)
+    return out
 
 
 def _check_budget(plan: Plan, ledger: Ledger, budget: float | None) -> None:
@@ -263,11 +288,12 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
         ledger.record_plan(_plan_records(plan))
         failpoint("after-plan")
         _check_budget(plan, ledger, settings.budget_usd)
+        claim_plan(ledger, plan)
         with api_session(settings) as client:
             reconcile_task(client, ledger, settings)
-            submit_until_settled(client, ledger, plan, settings)
+            submit_until_settled(client, ledger, plan.requests, settings)
             if params.wait:
-                finish_pending(client, ledger, settings, params.max_attempts, plan)
+                finish_pending(client, ledger, settings, params.max_attempts, plan.requests, inbox)
         summary = write_summary(ledger, settings.data_dir)
     finally:
         ledger.close()
@@ -280,24 +306,28 @@ def collect_batches(
     simulate: bool = False,
     wait: bool = False,
     max_attempts: Annotated[int, Field(ge=1, le=10)] = 3,
+    inbox: str | None = None,
 ) -> dict[str, Any]:
-    """Look at every pending batch, assemble what ended, and (with `wait`) wait for the rest.
-    Retryable requests are resubmitted by the next `run`, which has the documents.
+    """Look at every pending batch, assemble what ended, resubmit what may be retried (rebuilt
+    from the inbox), and with `wait` go on until nothing is pending.
 
     Args:
         data_dir: Data directory holding the ledger, results and reports.
         simulate: Talk to the built-in simulator instead of the Anthropic API.
         wait: Wait until every pending batch has ended.
         max_attempts: Tries per request before giving up on it.
+        inbox: Where the documents are, to rebuild retried requests; default: <data_dir>/inbox.
     """
     settings = Settings(data_dir=Path(data_dir), simulate=simulate)
+    inbox_path = Path(inbox) if inbox else settings.inbox
     check_api_access(settings)
     ledger = Ledger.for_data_dir(settings.data_dir)
     try:
         with api_session(settings) as client:
             reconcile_task(client, ledger, settings)
+            submit_until_settled(client, ledger, queued_requests(ledger, inbox_path, settings.data_dir), settings)
             if wait:
-                finish_pending(client, ledger, settings, max_attempts, None)
+                finish_pending(client, ledger, settings, max_attempts, None, inbox_path)
             else:
                 for record in ledger.batches_in_state("submitted"):
                     try:
@@ -309,7 +339,9 @@ def collect_batches(
                     if st.status == "ended":
                         ledger.record_ended(record.id, st.ended_at or time.time(), st.counts)
                 collect_task(client, ledger, settings.data_dir)
-                settle_retries(ledger, max_attempts)
+                if settle_retries(ledger, max_attempts):
+                    submit_until_settled(client, ledger, queued_requests(ledger, inbox_path, settings.data_dir),
+                                         settings)
         summary = write_summary(ledger, settings.data_dir)
     finally:
         ledger.close()

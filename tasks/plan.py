@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 
 from longbatch.catalog import ModelSpec, batch_cost_usd
 from longbatch.tokens import cl100k_count, estimate_from_cl100k
@@ -126,3 +127,26 @@ def _plan_one(
         custom_id=request.custom_id,
     )
     return row, request
+
+
+def rebuild_request(row: dict, inbox: Path, data_dir: Path) -> PlannedRequest | str:
+    """Rebuild the request a ledger row stands for, from the document and prompt it was made
+    from; or say why it cannot be rebuilt identically (checked by its fingerprint)."""
+    from longbatch.catalog import get_model
+    from longbatch.errors import LongbatchError
+    from tasks.ingest import read_document
+    from tasks.prompts import load_prompt
+
+    path = inbox / row["source"]
+    if not path.is_file():
+        return f"{row['source']} is no longer in the inbox ({inbox})"
+    doc = read_document(path, inbox)
+    if isinstance(doc, IngestFailure) or doc.sha256 != row["sha256"]:
+        return f"{row['source']} changed since it was planned; `longbatch run` plans the new version"
+    try:
+        request = build_request(doc, load_prompt(row["prompt"], data_dir), get_model(row["model"]), row["max_tokens"])
+    except LongbatchError as exc:
+        return f"cannot rebuild the request: {exc}"
+    if request.fingerprint != row["fingerprint"]:
+        return f"the prompt {row['prompt']!r} changed since it was planned; `longbatch run` plans the new version"
+    return request

@@ -177,3 +177,20 @@ def test_empty_inbox_writes_an_empty_summary(data_dir, api):
     result = process_documents(RunParameters(data_dir=str(data_dir)))
     assert result["rows"] == 0 and api.sim.create_log == []
     assert (data_dir / "reports" / "summary.csv").exists()
+
+
+def test_collect_resubmits_retryable_requests_rebuilt_from_the_inbox(data_dir, api):
+    inbox = data_dir / "inbox"
+    write(inbox, "fine.txt", PROSE)
+    write(inbox, "expires.txt", PROSE + "[[simulate:expired]]")
+    write(inbox, "edited.txt", PROSE + "[[simulate:expired]] first version")
+    process_documents(RunParameters(data_dir=str(data_dir), max_output_tokens=1_000, wait=False))
+    write(inbox, "edited.txt", PROSE + "[[simulate:expired]] second version")  # changed before the retry
+    collect_batches(data_dir=str(data_dir), wait=True, max_attempts=3)
+    rows = read_summary(data_dir)
+    assert rows["fine.txt"]["status"] == "complete"
+    assert rows["expires.txt"]["status"] == "failed" and "gave up after 3 attempts" in rows["expires.txt"]["reason"]
+    assert rows["edited.txt"]["status"] == "failed" and "changed since it was planned" in rows["edited.txt"]["reason"]
+    sent = [cid for _, ids in api.sim.create_log for cid in ids]
+    assert sum("expires" in c for c in sent) == 3 and sum("edited" in c for c in sent) == 1
+    assert sum("fine" in c for c in sent) == 1
