@@ -149,3 +149,24 @@ def test_discover_is_recursive_and_skips_hidden(tmp_path):
 
 def test_missing_inbox_is_empty(tmp_path):
     assert discover(tmp_path / "nope") == []
+
+
+def test_enormous_file_is_refused_without_reading_it(tmp_path):
+    from tasks.ingest import MAX_FILE_BYTES
+
+    path = tmp_path / "enormous.txt"
+    with path.open("wb") as fh:  # sparse: the size of a huge file without the disk or the time
+        fh.truncate(MAX_FILE_BYTES + 1)
+    item = read_document(path, tmp_path)
+    assert isinstance(item, IngestFailure) and item.category == "too_large"
+    assert "MB" in item.reason
+
+
+def test_file_gone_between_discovery_and_reading_is_a_failure_not_a_crash(tmp_path):
+    path = tmp_path / "vanished.txt"
+    path.write_text("Some content that will be gone. " * 10)
+    [found] = discover(tmp_path)
+    path.unlink()
+    item = read_document(found, tmp_path)
+    assert isinstance(item, IngestFailure) and item.category == "unreadable"
+    assert "cannot read" in item.reason
