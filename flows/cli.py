@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,9 @@ def _planning(p: argparse.ArgumentParser) -> None:
                         "300,000 on models that take the 300K beta)")
     p.add_argument("--min-output-tokens", type=int, default=8_192,
                    help="a document that cannot get this much output does not fit (default: 8192)")
+    p.add_argument("--exact-count", action="store_true",
+                   help="count every document with the API's count_tokens (free), not only those whose "
+                        "local estimate is too close to a limit to decide")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "is sent; the table is also written to DATA_DIR/plan.csv.")
     _common(plan)
     _planning(plan)
+    plan.add_argument("--simulate", action="store_true",
+                      help="count near-limit documents with the built-in simulator's count_tokens")
 
     collect = sub.add_parser("collect", help="look at pending batches, assemble what ended",
                              description="Poll every pending batch, write the reports of those that ended, "
@@ -126,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run_params(args: argparse.Namespace, **extra: Any):  # noqa: ANN202
     from flows.process import RunParameters
 
-    values: dict[str, Any] = {"data_dir": str(args.data_dir), "min_output_tokens": args.min_output_tokens}
+    values: dict[str, Any] = {"data_dir": str(args.data_dir), "min_output_tokens": args.min_output_tokens,
+                              "exact_count": args.exact_count}
     if args.inbox:
         values["inbox"] = str(args.inbox)
     if args.model:
@@ -183,15 +191,18 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from longbatch.errors import ConfigError
 
         raise ConfigError(f"Inbox {params.inbox_path} is not a folder.")
-    plan, model = build_plan(params, settings)
+    with _counting_client(args, settings) as client:
+        plan, model = build_plan(params, settings, client)
     frame = pd.DataFrame([asdict(r) for r in plan.rows])
     if frame.empty:
         print(f"No documents in {params.inbox_path}.")
         return 0
     out = settings.data_dir / "plan.csv"
     atomic_write_text(out, frame.to_csv(index=False))
-    show = frame[["source", "prompt", "status", "pages", "chars", "est_input_tokens", "upper_input_tokens",
-                  "granted_max_tokens", "batch", "max_cost_usd"]].copy()
+    show = frame[["source", "prompt", "status", "pages", "chars", "cl100k_tokens", "exact_input_tokens",
+                  "est_input_tokens", "upper_input_tokens", "granted_max_tokens", "batch", "max_cost_usd"]].copy()
+    for column in ("pages", "exact_input_tokens", "batch"):
+        show[column] = show[column].astype("Int64")
     show["source"] = show["source"].str.slice(0, 48)
     print(show.to_string(index=False, na_rep="-"))
     reasons = frame[frame["status"] != "ready"][["source", "reason"]]
@@ -203,6 +214,30 @@ def cmd_plan(args: argparse.Namespace) -> int:
           f"{model.id}. Estimated input cost ${plan.est_input_usd:,.2f}; at most ${plan.max_cost_usd:,.2f} if every "
           f"granted output token is used (batch prices, 50% off). Written to {out}.")
     return 0
+
+
+@contextlib.contextmanager
+def _counting_client(args: argparse.Namespace, settings: Any) -> Iterator[Any]:
+    """A client for count_tokens when one can be had: the simulator with --simulate, the API
+    when a key is set; else None (the plan then says which documents await an exact count)."""
+    if args.simulate:
+        import anthropic
+
+        from simulator.engine import SimConfig
+        from simulator.server import SimulatorServer
+
+        with SimulatorServer(SimConfig()) as server:  # in memory: plan leaves nothing behind
+            yield anthropic.Anthropic(api_key="simulated-no-key-needed", base_url=server.url)
+    elif settings.api_key is not None:
+        from longbatch.client import make_client
+
+        yield make_client(settings)
+    else:
+        if args.exact_count:
+            from longbatch.errors import MissingApiKeyError
+
+            raise MissingApiKeyError()
+        yield None
 
 
 def cmd_collect(args: argparse.Namespace) -> int:

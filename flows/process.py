@@ -27,6 +27,7 @@ from longbatch.ledger import Ledger
 from longbatch.settings import Settings
 from tasks import batches as batch_io
 from tasks.collect import CollectStats, collect_batch, settle_retries
+from tasks.counting import count_near_limits
 from tasks.ingest import Document, IngestFailure, discover, read_document
 from tasks.packing import pack
 from tasks.build import PlannedRequest
@@ -54,6 +55,8 @@ class RunParameters(BaseModel):
         None, ge=0, description="Refuse to submit when the most this run could cost exceeds this many dollars.")
     simulate: bool = Field(False, description="Use the built-in local simulator instead of the Anthropic API.")
     max_attempts: int = Field(3, ge=1, le=10, description="Tries per request for expired/canceled/transient errors.")
+    exact_count: bool = Field(
+        False, description="Count every document with count_tokens, not only those near a limit.")
 
     def settings(self) -> Settings:
         values: dict[str, Any] = {
@@ -257,13 +260,33 @@ def _check_budget(plan: Plan, ledger: Ledger, budget: float | None) -> None:
         )
 
 
-def build_plan(params: RunParameters, settings: Settings) -> tuple[Plan, ModelSpec]:
-    """Ingest and plan without Prefect: `longbatch plan` uses it directly, nothing is sent."""
+@task(name="count-tokens", cache_policy=NO_CACHE)
+def exact_count_task(client: anthropic.Anthropic, ledger: Ledger, plan: Plan, items: list[Document | IngestFailure],
+                     prompts: list[Prompt], model: ModelSpec, settings: Settings, everything: bool) -> Plan:
+    """Replan with count_tokens' figures for documents near a limit (or all, with exact_count)."""
+    if not everything and not any(r.needs_exact for r in plan.rows):
+        return plan
+    docs = [d for d in items if isinstance(d, Document)]
+    counts = count_near_limits(client, plan, docs, prompts, model, ledger.token_counts(),
+                               settings.count_tokens_per_minute, ledger.record_token_count, everything)
+    return make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens, counts)
+
+
+def build_plan(params: RunParameters, settings: Settings,
+               client: anthropic.Anthropic | None = None) -> tuple[Plan, ModelSpec]:
+    """Ingest and plan without Prefect (`longbatch plan`). Nothing is submitted; with a client,
+    documents near a limit are counted exactly (count_tokens is free and sends no work)."""
     model = get_model(settings.model)
     prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = params.inbox_path
     items = [read_document(path, inbox) for path in discover(inbox)]
-    return make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens), model
+    plan = make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens)
+    if client is not None and (params.exact_count or any(r.needs_exact for r in plan.rows)):
+        docs = [d for d in items if isinstance(d, Document)]
+        counts = count_near_limits(client, plan, docs, prompts, model, {}, settings.count_tokens_per_minute,
+                                   everything=params.exact_count)
+        plan = make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens, counts)
+    return plan, model
 
 
 @flow(name="process-documents")
@@ -285,11 +308,12 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
     failpoint("after-ingest")
     ledger = Ledger.for_data_dir(settings.data_dir)
     try:
-        ledger.record_plan(_plan_records(plan))
-        failpoint("after-plan")
-        _check_budget(plan, ledger, settings.budget_usd)
-        claim_plan(ledger, plan)
         with api_session(settings) as client:
+            plan = exact_count_task(client, ledger, plan, items, prompts, model, settings, params.exact_count)
+            ledger.record_plan(_plan_records(plan))
+            failpoint("after-plan")
+            _check_budget(plan, ledger, settings.budget_usd)
+            claim_plan(ledger, plan)
             reconcile_task(client, ledger, settings)
             submit_until_settled(client, ledger, plan.requests, settings)
             if params.wait:

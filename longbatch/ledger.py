@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from longbatch.errors import ConfigError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -118,8 +118,21 @@ def _v1_to_v2(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE batches ADD COLUMN adopted BOOLEAN NOT NULL DEFAULT FALSE"))
 
 
+def _v2_to_v3(conn: Connection) -> None:
+    """token_counts is a new table: create_all has made it already; nothing else changes."""
+
+
 # MIGRATIONS[n] takes a ledger from schema n to n + 1, inside the opening transaction.
-MIGRATIONS = {1: _v1_to_v2}
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
+
+
+# count_tokens answers, cached by what was counted (schema 3): free, but rate-limited.
+token_counts = sa.Table(
+    "token_counts", metadata,
+    sa.Column("key", sa.String(200), primary_key=True),  # model:document sha256:prompt sha256
+    sa.Column("input_tokens", sa.Integer, nullable=False),
+    sa.Column("counted_at", sa.Float, nullable=False),
+)
 
 
 @dataclass(frozen=True)
@@ -369,6 +382,15 @@ class Ledger:
             row = conn.execute(sa.select(results).where(results.c.fingerprint == fingerprint)
                                .order_by(results.c.attempt.desc(), results.c.received_at.desc())).mappings().first()
             return dict(row) if row else None
+
+    def token_counts(self) -> dict[str, int]:
+        with self.tx() as conn:
+            return {r.key: r.input_tokens for r in conn.execute(sa.select(token_counts))}
+
+    def record_token_count(self, key: str, input_tokens: int) -> None:
+        with self.tx() as conn:
+            conn.execute(token_counts.delete().where(token_counts.c.key == key))
+            conn.execute(token_counts.insert().values(key=key, input_tokens=input_tokens, counted_at=time.time()))
 
     def usage_rows(self) -> list[dict[str, Any]]:
         with self.tx() as conn:

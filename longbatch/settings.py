@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     # How long an unconfirmed create may take to show up in the server's batch list before
     # we conclude it never happened and queue its requests again.
     create_grace_seconds: float = 120.0
+    # messages.count_tokens is free but rate-limited: pace the exact counts.
+    count_tokens_per_minute: float = 50.0
 
     @property
     def inbox(self) -> Path:

@@ -28,6 +28,11 @@ from longbatch.catalog import TOK_2025, TOK_2026
 
 CALIBRATION = {TOK_2025: 1.20, TOK_2026: 1.20 * 1.30}
 ERROR_BAND = 0.27
+# The most the central guess over-counts (Chinese and multilingual text: up to 1.91x the
+# authority's count on the corpus): below estimate / MAX_OVERCOUNT the true count cannot lie.
+MAX_OVERCOUNT = 2.0
+# count_tokens is itself "an estimate": keep this margin on top of an exact count.
+EXACT_MARGIN = 0.02
 
 
 @lru_cache(maxsize=1)
@@ -45,6 +50,7 @@ class TokenEstimate:
     cl100k: int
     estimate: int
     upper: int
+    lower: int
 
 
 def estimate_tokens(text: str, tokenizer: str) -> TokenEstimate:
@@ -57,4 +63,10 @@ def estimate_from_cl100k(cl100k: int, tokenizer: str) -> TokenEstimate:
         cl100k=cl100k,
         estimate=math.ceil(cl100k * factor),
         upper=math.ceil(cl100k * factor * (1 + ERROR_BAND)),
+        lower=math.floor(cl100k * factor / MAX_OVERCOUNT),
     )
+
+
+def bound_from_exact(exact: int) -> int:
+    """The upper bound to plan with when count_tokens has counted the request."""
+    return math.ceil(exact * (1 + EXACT_MARGIN))

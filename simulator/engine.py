@@ -133,6 +133,7 @@ class Simulator:
         self._batches: dict[str, SimBatch] = {}
         self.create_log: list[tuple[str, list[str]]] = []  # (batch id, custom ids) per create
         self.faults: dict[str, int] = {}  # what was injected, by kind, for tests and logs
+        self.count_calls = 0
         self._rng = random.Random(self.config.seed)
         if self.config.state_dir:
             self._load()
@@ -241,6 +242,8 @@ class Simulator:
         spec = resolve_model(str(body.get("model")))
         if spec is None:
             raise ApiError(404, "not_found_error", f"model: {body.get('model')!r} not found")
+        with self._lock:
+            self.count_calls += 1
         return {"input_tokens": count_request_tokens(body, spec)}
 
     def models(self) -> dict[str, Any]:

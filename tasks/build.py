@@ -64,6 +64,21 @@ def render_user_message(doc: Document, prompt: Prompt, max_tokens: int) -> str:
     return f'<document name="{name}"{pages}>\n{doc.body}\n</document>\n\n{instructions}'
 
 
+def count_key(model_id: str, doc: Document, prompt: Prompt) -> str:
+    """Identifies what count_tokens counts: the same document, prompt and model count the same."""
+    return f"{model_id}:{doc.sha256}:{prompt.sha256}"
+
+
+def count_params(doc: Document, prompt: Prompt, model: ModelSpec) -> dict:
+    """The request as count_tokens sees it (no max_tokens; the prompt's output figure is the
+    model's batch maximum, a few tokens at most from any grant: EXACT_MARGIN covers it)."""
+    return {
+        "model": model.id,
+        "system": SYSTEM_PROMPT,
+        "messages": [{"role": "user", "content": render_user_message(doc, prompt, model.max_batch_output)}],
+    }
+
+
 def build_request(doc: Document, prompt: Prompt, model: ModelSpec, max_tokens: int) -> PlannedRequest:
     params: MessageCreateParamsNonStreaming = {
         "model": model.id,

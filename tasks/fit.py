@@ -29,6 +29,15 @@ class Fit:
     reason: str | None = None
 
 
+def needs_exact_count(lower: int, upper: int, model: ModelSpec, requested: int | None, min_output: int) -> bool:
+    """True when the estimate's error band straddles a limit, so the estimate alone could
+    wrongly refuse a document or shrink its grant: then count_tokens decides."""
+    asked = model.max_batch_output if requested is None else requested
+    full_grant_certain = upper <= model.context_window - WINDOW_MARGIN - min(asked, model.max_batch_output)
+    refusal_certain = lower > model.context_window - WINDOW_MARGIN - min(min_output, asked)
+    return not (full_grant_certain or refusal_certain)
+
+
 def check_fit(input_upper: int, model: ModelSpec, requested: int | None, min_output: int) -> Fit:
     asked = model.max_batch_output if requested is None else requested
     room = model.context_window - input_upper - WINDOW_MARGIN

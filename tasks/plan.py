@@ -7,13 +7,14 @@ so `longbatch plan` and `longbatch run` show and submit exactly the same thing.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from longbatch.catalog import ModelSpec, batch_cost_usd
-from longbatch.tokens import cl100k_count, estimate_from_cl100k
-from tasks.build import PlannedRequest, build_request, render_user_message
-from tasks.fit import check_fit
+from longbatch.tokens import bound_from_exact, cl100k_count, estimate_from_cl100k
+from tasks.build import PlannedRequest, build_request, count_key, render_user_message
+from tasks.fit import check_fit, needs_exact_count
 from tasks.ingest import Document, IngestFailure
 from tasks.packing import MAX_BODY_BYTES, BatchPlan, pack
 from tasks.prompts import SYSTEM_PROMPT, Prompt
@@ -45,6 +46,9 @@ class PlanRow:
     custom_id: str | None = None
     batch: int | None = None  # index into Plan.batches
     sha256: str = ""
+    exact_input_tokens: int | None = None  # count_tokens' figure, where it decided
+    needs_exact: bool = False  # near a limit and not yet counted exactly
+    count_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,10 @@ def make_plan(
     model: ModelSpec,
     requested_output: int | None,
     min_output: int,
+    exact_counts: Mapping[str, int] | None = None,
 ) -> Plan:
+    """`exact_counts` (count_key -> count_tokens' input tokens) replace the local estimate
+    for the documents they cover."""
     rows: list[PlanRow] = []
     ready: list[tuple[int, PlannedRequest]] = []
     first_by_sha: dict[str, str] = {}
@@ -88,7 +95,7 @@ def make_plan(
                                     f"same content as {original!r}, which is processed once",
                                     item.page_count, item.chars, sha256=item.sha256))
                 continue
-            row, request = _plan_one(item, prompt, model, requested_output, min_output)
+            row, request = _plan_one(item, prompt, model, requested_output, min_output, exact_counts or {})
             rows.append(row)
             if request is not None:
                 ready.append((len(rows) - 1, request))
@@ -101,20 +108,28 @@ def make_plan(
 
 
 def _plan_one(
-    doc: Document, prompt: Prompt, model: ModelSpec, requested_output: int | None, min_output: int
+    doc: Document, prompt: Prompt, model: ModelSpec, requested_output: int | None, min_output: int,
+    exact_counts: Mapping[str, int],
 ) -> tuple[PlanRow, PlannedRequest | None]:
     # The document body was counted once at ingest; count only what wraps it here.
     wrapper = render_user_message(dataclasses.replace(doc, body=""), prompt, model.max_batch_output)
     cl100k = doc.body_cl100k + cl100k_count(SYSTEM_PROMPT) + cl100k_count(wrapper)
     est = estimate_from_cl100k(cl100k, model.tokenizer)
-    fit = check_fit(est.upper, model, requested_output, min_output)
+    key = count_key(model.id, doc, prompt)
+    exact = exact_counts.get(key)
+    upper = est.upper if exact is None else bound_from_exact(exact)
+    needs = exact is None and needs_exact_count(est.lower, est.upper, model, requested_output, min_output)
+    fit = check_fit(upper, model, requested_output, min_output)
+    expected = est.estimate if exact is None else exact
     base = PlanRow(
         doc.doc_id, doc.source, doc.kind, prompt.name, model.id, READY, None, doc.page_count, doc.chars,
-        cl100k, est.estimate, est.upper, sha256=doc.sha256,
-        est_input_usd=round(batch_cost_usd(model, est.estimate, 0), 6),
+        cl100k, expected, upper, sha256=doc.sha256, exact_input_tokens=exact, needs_exact=needs, count_key=key,
+        est_input_usd=round(batch_cost_usd(model, expected, 0), 6),
     )
     if not fit.fits:
-        return dataclasses.replace(base, status=NOT_FIT, reason=fit.reason), None
+        reason = fit.reason + (" — by the local estimate; an exact count (count_tokens) may still let it fit"
+                               if needs else "")
+        return dataclasses.replace(base, status=NOT_FIT, reason=reason), None
     request = build_request(doc, prompt, model, fit.granted)
     if request.body_bytes > MAX_BODY_BYTES:
         reason = f"the request body would be {request.body_bytes:,} bytes, over the batch limit"
@@ -123,7 +138,7 @@ def _plan_one(
         base,
         granted_max_tokens=fit.granted,
         betas=",".join(request.betas),
-        max_cost_usd=round(batch_cost_usd(model, est.estimate, fit.granted), 6),
+        max_cost_usd=round(batch_cost_usd(model, expected, fit.granted), 6),
         custom_id=request.custom_id,
     )
     return row, request

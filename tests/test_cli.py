@@ -112,3 +112,18 @@ def test_no_wait_then_collect_from_the_cli(tmp_path, standalone_simulator):
     assert collected.returncode == 0, collected.stderr[-2000:]
     assert "1 complete" in collected.stdout
     assert list((data_dir / "reports").glob("memo-*/report.md"))
+
+
+def test_plan_counts_near_limit_documents_exactly_with_simulate(tmp_path, corpus):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(corpus / "text/hongloumeng_dream_of_the_red_chamber_GB18030.txt", inbox / "hlm.txt")
+    offline = run_cli("plan", "--data-dir", str(tmp_path))
+    assert offline.returncode == 0 and "does_not_fit" in offline.stdout and "exact count" in offline.stdout
+    counted = run_cli("plan", "--data-dir", str(tmp_path), "--simulate")
+    assert counted.returncode == 0, counted.stderr[-2000:]
+    row = pd.read_csv(tmp_path / "plan.csv").iloc[0]
+    assert row["status"] == "ready" and 800_000 < row["exact_input_tokens"] < 1_000_000
+    assert not (tmp_path / "simulator").exists() and not (tmp_path / "ledger.sqlite").exists()
+    no_key = run_cli("plan", "--data-dir", str(tmp_path), "--exact-count")
+    assert no_key.returncode == 2 and "ANTHROPIC_API_KEY" in no_key.stderr

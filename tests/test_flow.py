@@ -194,3 +194,17 @@ def test_collect_resubmits_retryable_requests_rebuilt_from_the_inbox(data_dir, a
     sent = [cid for _, ids in api.sim.create_log for cid in ids]
     assert sum("expires" in c for c in sent) == 3 and sum("edited" in c for c in sent) == 1
     assert sum("fine" in c for c in sent) == 1
+
+
+def test_near_limit_document_is_decided_by_count_tokens_and_cached(data_dir, corpus, api):
+    # Chinese text: cl100k over-counts it, so the local estimate alone would refuse it.
+    shutil.copy(corpus / "text/hongloumeng_dream_of_the_red_chamber_GB18030.txt", data_dir / "inbox" / "hlm.txt")
+    params = RunParameters(data_dir=str(data_dir), max_output_tokens=20_000)
+    process_documents(params)
+    row = read_summary(data_dir)["hlm.txt"]
+    assert row["status"] == "complete"
+    assert api.sim.count_calls == 1
+    plan = pd.read_csv(data_dir / "reports" / "summary.csv")
+    assert plan.loc[0, "est_input_tokens"] < 1_000_000 < 1_161_000  # the exact figure, not the cl100k one
+    process_documents(params)  # unchanged: the count comes from the ledger's cache
+    assert api.sim.count_calls == 1

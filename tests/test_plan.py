@@ -180,3 +180,27 @@ def test_packing_preserves_all_requests_in_order(tmp_path):
     assert flat == [r.custom_id for r in requests]
     assert all(len(b.requests) <= 7 for b in batches)
     json.dumps([b.body_bytes for b in batches])
+
+
+def test_exact_count_is_needed_only_when_the_band_straddles_a_limit():
+    from tasks.fit import needs_exact_count
+
+    # Surely a full grant: even the upper bound leaves 300K of output.
+    assert not needs_exact_count(100_000, 200_000, SONNET46, None, 8_192)
+    # Surely refused: even the lower bound leaves less than the minimum.
+    assert not needs_exact_count(995_000, 1_900_000, SONNET46, None, 8_192)
+    # Between: the estimate alone could wrongly refuse or shrink the grant.
+    assert needs_exact_count(500_000, 1_100_000, SONNET46, None, 8_192)
+    assert needs_exact_count(650_000, 750_000, SONNET46, None, 8_192)  # 300K grant in doubt
+
+
+def test_exact_counts_replace_the_estimate(tmp_path):
+    from tasks.build import count_key
+
+    prompt = load_prompt("report", tmp_path)
+    big = doc("x", "big.txt", cl100k=800_000)  # estimate 960K, upper 1.22M: refused on its estimate
+    first = make_plan([big], [prompt], SONNET46, None, 8_192).rows[0]
+    assert first.status == NOT_FIT and first.needs_exact and "exact count" in first.reason
+    counted = make_plan([big], [prompt], SONNET46, None, 8_192, {count_key(SONNET46.id, big, prompt): 700_000}).rows[0]
+    assert counted.status == READY and counted.exact_input_tokens == 700_000 and not counted.needs_exact
+    assert counted.granted_max_tokens == 1_000_000 - 714_000 - WINDOW_MARGIN  # 2 % margin on the exact count
