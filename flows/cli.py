@@ -19,7 +19,7 @@ def _prefect_defaults() -> None:
     # default; and there is no network for analytics. Users' own settings win.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,longbatch")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,longbatch,flows")
 
 
 def _common(p: argparse.ArgumentParser) -> None:

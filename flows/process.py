@@ -8,6 +8,7 @@ deployment). Both can be called from Python.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -19,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from longbatch.catalog import DEFAULT_MODEL, ModelSpec, get_model
+from longbatch.catalog import DEFAULT_MODEL, ModelSpec, get_model, refreshed_catalog
 from longbatch.client import make_client
 from longbatch.errors import ConfigError
 from longbatch.failpoints import failpoint
@@ -36,6 +37,7 @@ from tasks.prompts import Prompt, load_prompts
 from tasks.reports import write_summary
 
 SIMULATED_KEY = "simulated-no-key-needed"
+log = logging.getLogger(__name__)
 
 
 class RunParameters(BaseModel):
@@ -260,6 +262,19 @@ def _check_budget(plan: Plan, ledger: Ledger, budget: float | None) -> None:
         )
 
 
+def model_from_api(client: anthropic.Anthropic, model_id: str) -> ModelSpec:
+    """The model's facts as the Models API reports them now; the built-in table when the API
+    cannot be asked (a transient failure is logged, not fatal)."""
+    try:
+        catalog = refreshed_catalog(client.models.list(limit=1000))
+    except Exception as exc:  # noqa: BLE001 - only transient errors fall back
+        if not batch_io.is_transient(exc) and not isinstance(exc, anthropic.NotFoundError):
+            raise
+        log.warning("Models API unavailable (%s): using the built-in model table", type(exc).__name__)
+        return get_model(model_id)
+    return get_model(model_id, catalog)
+
+
 @task(name="count-tokens", cache_policy=NO_CACHE)
 def exact_count_task(client: anthropic.Anthropic, ledger: Ledger, plan: Plan, items: list[Document | IngestFailure],
                      prompts: list[Prompt], model: ModelSpec, settings: Settings, everything: bool) -> Plan:
@@ -280,6 +295,8 @@ def build_plan(params: RunParameters, settings: Settings,
     prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = params.inbox_path
     items = [read_document(path, inbox) for path in discover(inbox)]
+    if client is not None:
+        model = model_from_api(client, settings.model)
     plan = make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens)
     if client is not None and (params.exact_count or any(r.needs_exact for r in plan.rows)):
         docs = [d for d in items if isinstance(d, Document)]
@@ -309,6 +326,10 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
     ledger = Ledger.for_data_dir(settings.data_dir)
     try:
         with api_session(settings) as client:
+            online = model_from_api(client, settings.model)
+            if online != model:  # the service's facts differ from the built-in table: plan with them
+                model = online
+                plan = plan_task(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens)
             plan = exact_count_task(client, ledger, plan, items, prompts, model, settings, params.exact_count)
             ledger.record_plan(_plan_records(plan))
             failpoint("after-plan")

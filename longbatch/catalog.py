@@ -7,7 +7,10 @@ reads them is exercised end to end.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from longbatch.errors import UnknownModelError
 
@@ -82,17 +85,38 @@ ALIASES = {
 DEFAULT_MODEL = "claude-sonnet-4-6"
 
 
-def get_model(model_id: str) -> ModelSpec:
-    """The spec of a model id (or alias); unknown ids are refused with the list of known ones."""
-    spec = BUILTIN_MODELS.get(ALIASES.get(model_id, model_id))
+def get_model(model_id: str, catalog: dict[str, ModelSpec] | None = None) -> ModelSpec:
+    """The spec of a model id (or alias); unknown ids are refused with the list of known ones.
+    `catalog` is the built-in table unless a fresher one (from the Models API) is given."""
+    catalog = catalog or BUILTIN_MODELS
+    spec = catalog.get(ALIASES.get(model_id, model_id))
     if spec is None:
-        known = ", ".join(sorted(BUILTIN_MODELS))
+        known = ", ".join(sorted(catalog))
         raise UnknownModelError(f"Unknown model {model_id!r}. Known models: {known}.")
     if spec.lifecycle == "retired":
         raise UnknownModelError(
-            f"Model {model_id!r} is retired and no longer answers; use {spec.replacement} instead."
+            f"Model {model_id!r} is retired and no longer answers; use {spec.replacement or DEFAULT_MODEL} instead."
         )
     return spec
+
+
+def refreshed_catalog(models: Iterable[Any]) -> dict[str, ModelSpec]:
+    """The built-in table updated with what the Models API reports (`client.models.list()`):
+    window (`max_input_tokens`), standard output limit (`max_tokens`) and lifecycle. Models the
+    table does not know are left out: without their prices and tokenizer family longbatch
+    cannot plan for them."""
+    catalog = dict(BUILTIN_MODELS)
+    for info in models:
+        spec = catalog.get(ALIASES.get(info.id, info.id))
+        if spec is None:
+            continue
+        catalog[spec.id] = dataclasses.replace(
+            spec,
+            context_window=info.max_input_tokens or spec.context_window,
+            max_output=info.max_tokens or spec.max_output,
+            lifecycle=getattr(info, "lifecycle", None) or spec.lifecycle,
+        )
+    return catalog
 
 
 def batch_cost_usd(

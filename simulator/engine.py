@@ -16,12 +16,13 @@ Markers in a document steer single requests, for tests: `[[simulate:refusal]]`,
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
 import re
 import threading
 import time
 import uuid
-import random
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -77,6 +78,9 @@ class SimConfig(BaseSettings):
     expired_rate: float = 0.0  # chance a request ends expired
     results_bytes_per_second: float = 0.0  # throttle results downloads; 0: full speed
     seed: int = 0
+    # The service's own model facts where they differ from the built-in table, e.g.
+    # {"claude-sonnet-4-6": {"context_window": 500000, "lifecycle": "deprecated"}}.
+    model_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 FAULT_TYPES = {429: "rate_limit_error", 500: "api_error", 503: "api_error", 529: "overloaded_error"}
@@ -101,8 +105,11 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
 
 
-def resolve_model(model_id: str) -> ModelSpec | None:
-    return BUILTIN_MODELS.get(ALIASES.get(model_id, model_id))
+def resolve_model(model_id: str, overrides: dict[str, dict[str, Any]] | None = None) -> ModelSpec | None:
+    spec = BUILTIN_MODELS.get(ALIASES.get(model_id, model_id))
+    if spec is not None and overrides and spec.id in overrides:
+        spec = dataclasses.replace(spec, **overrides[spec.id])
+    return spec
 
 
 def request_text(params: dict[str, Any]) -> str:
@@ -239,7 +246,7 @@ class Simulator:
     def count_tokens(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_request_error", "body: an object is required")
-        spec = resolve_model(str(body.get("model")))
+        spec = resolve_model(str(body.get("model")), self.config.model_overrides)
         if spec is None:
             raise ApiError(404, "not_found_error", f"model: {body.get('model')!r} not found")
         with self._lock:
@@ -251,7 +258,7 @@ class Simulator:
         return {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
 
     def model(self, model_id: str) -> dict[str, Any]:
-        spec = resolve_model(model_id)
+        spec = resolve_model(model_id, self.config.model_overrides)
         if spec is None:
             raise ApiError(404, "not_found_error", f"model: {model_id!r} not found")
         return {"type": "model", "id": spec.id, "display_name": spec.display_name,
@@ -357,7 +364,7 @@ class Simulator:
                            "betas: not a request parameter; beta headers are set per batch (anthropic-beta)")
         if extra:
             return errored("invalid_request_error", f"{extra[0]}: Extra inputs are not permitted")
-        spec = resolve_model(str(params.get("model")))
+        spec = resolve_model(str(params.get("model")), self.config.model_overrides)
         if spec is None:
             return errored("invalid_request_error", f"model: {params.get('model')!r} is not a known model")
         max_tokens = params.get("max_tokens")

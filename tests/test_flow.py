@@ -208,3 +208,38 @@ def test_near_limit_document_is_decided_by_count_tokens_and_cached(data_dir, cor
     assert plan.loc[0, "est_input_tokens"] < 1_000_000 < 1_161_000  # the exact figure, not the cl100k one
     process_documents(params)  # unchanged: the count comes from the ledger's cache
     assert api.sim.count_calls == 1
+
+
+def test_model_facts_come_from_the_models_api_when_online(data_dir, corpus, monkeypatch):
+    # The service says Sonnet 4.6 has a 50K window today; the built-in table says 1M.
+    from simulator.engine import SimConfig
+    from simulator.server import SimulatorServer
+
+    shutil.copy(corpus / "text/sec_10k_apple.md", data_dir / "inbox" / "apple.md")  # ~53K tokens
+    write(data_dir / "inbox", "small.txt", PROSE)
+    config = SimConfig(processing_seconds=0.2, output_tokens=300,
+                       model_overrides={"claude-sonnet-4-6": {"context_window": 50_000}})
+    with SimulatorServer(config) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+        process_documents(RunParameters(data_dir=str(data_dir), max_output_tokens=4_000))
+        sent = [cid for _, ids in server.sim.create_log for cid in ids]
+    rows = read_summary(data_dir)
+    assert rows["small.txt"]["status"] == "complete"
+    assert rows["apple.md"]["status"] == "does_not_fit" and "50,000" in rows["apple.md"]["reason"]
+    assert not any(c.startswith("apple") for c in sent)
+
+
+def test_retired_model_is_refused_with_its_replacement(data_dir, monkeypatch):
+    from longbatch.errors import UnknownModelError
+    from simulator.engine import SimConfig
+    from simulator.server import SimulatorServer
+
+    write(data_dir / "inbox", "a.txt", PROSE)
+    config = SimConfig(model_overrides={"claude-sonnet-4-5": {"lifecycle": "retired"}})
+    with SimulatorServer(config) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
+        with pytest.raises(UnknownModelError, match="claude-sonnet-4-6"):
+            process_documents(RunParameters(data_dir=str(data_dir), model="claude-sonnet-4-5"))
+        assert server.sim.create_log == []
