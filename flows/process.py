@@ -126,6 +126,7 @@ def claim_plan(ledger: Ledger, plan: Plan) -> None:
             ledger.claim({"fingerprint": req.fingerprint, "custom_id": req.custom_id, "doc_id": req.doc_id,
                           "source": row.source, "sha256": row.sha256, "prompt": req.prompt, "model": req.model,
                           "max_tokens": req.max_tokens, "betas": ",".join(req.betas)})
+        ledger.supersede(req.custom_id, req.fingerprint)
 
 
 @task(name="submit-batches", cache_policy=NO_CACHE)

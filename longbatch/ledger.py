@@ -259,6 +259,17 @@ class Ledger:
         except sa.exc.IntegrityError:
             return False
 
+    def supersede(self, custom_id: str, current_fingerprint: str) -> int:
+        """Older work for the same document and prompt that was never sent (queued, or failed
+        before reaching the API) is dropped in favour of the current plan's request."""
+        with self.tx() as conn:
+            return conn.execute(requests.update().where(
+                (requests.c.custom_id == custom_id) & (requests.c.fingerprint != current_fingerprint)
+                & ((requests.c.state == "queued")
+                   | ((requests.c.state == "failed") & (requests.c.error_type == "create_failed")))
+            ).values(state="failed", error_type="superseded", updated_at=time.time(),
+                     error_message="replaced by a newer plan of the same document and prompt")).rowcount
+
     def requeue(self, fingerprint: str, from_state: str) -> bool:
         """Move a request back to queued for another attempt; only one caller wins the move."""
         with self.tx() as conn:

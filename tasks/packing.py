@@ -45,13 +45,16 @@ def pack(
     batches: list[BatchPlan] = []
     for betas, reqs in groups.items():
         current: list[PlannedRequest] = []
+        ids: set[str] = set()
         size = _ENVELOPE
         for req in reqs:
             extra = req.body_bytes + (1 if current else 0)
-            if current and (len(current) >= max_requests or size + extra > max_bytes):
+            # A custom_id is unique per batch: a second request with the same one starts a new batch.
+            if current and (len(current) >= max_requests or size + extra > max_bytes or req.custom_id in ids):
                 batches.append(BatchPlan(betas, tuple(current)))
-                current, size, extra = [], _ENVELOPE, req.body_bytes
+                current, ids, size, extra = [], set(), _ENVELOPE, req.body_bytes
             current.append(req)
+            ids.add(req.custom_id)
             size += extra
         if current:
             batches.append(BatchPlan(betas, tuple(current)))

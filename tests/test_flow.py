@@ -243,3 +243,24 @@ def test_retired_model_is_refused_with_its_replacement(data_dir, monkeypatch):
         with pytest.raises(UnknownModelError, match="claude-sonnet-4-6"):
             process_documents(RunParameters(data_dir=str(data_dir), model="claude-sonnet-4-5"))
         assert server.sim.create_log == []
+
+
+def test_changed_output_budget_supersedes_unsent_work(data_dir, api):
+    write(data_dir / "inbox", "a.txt", PROSE)
+    from flows.process import claim_plan, build_plan
+    from longbatch.ledger import Ledger
+
+    # An older plan's request, queued but never sent (say, a run stopped before submitting).
+    old_params = RunParameters(data_dir=str(data_dir), max_output_tokens=1_000)
+    old_plan, _ = build_plan(old_params, old_params.settings())
+    ledger = Ledger.for_data_dir(data_dir)
+    claim_plan(ledger, old_plan)
+    ledger.close()
+    process_documents(RunParameters(data_dir=str(data_dir), max_output_tokens=2_000))
+    sent = [cid for _, ids in api.sim.create_log for cid in ids]
+    assert len(sent) == 1  # only the current plan's request went out
+    ledger = Ledger.for_data_dir(data_dir)
+    old = ledger.request(old_plan.requests[0].fingerprint)
+    ledger.close()
+    assert old["state"] == "failed" and old["error_type"] == "superseded"
+    assert read_summary(data_dir)["a.txt"]["granted_max_tokens"] == 2_000

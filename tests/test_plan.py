@@ -204,3 +204,15 @@ def test_exact_counts_replace_the_estimate(tmp_path):
     counted = make_plan([big], [prompt], SONNET46, None, 8_192, {count_key(SONNET46.id, big, prompt): 700_000}).rows[0]
     assert counted.status == READY and counted.exact_input_tokens == 700_000 and not counted.needs_exact
     assert counted.granted_max_tokens == 1_000_000 - 714_000 - WINDOW_MARGIN  # 2 % margin on the exact count
+
+
+def test_a_batch_never_holds_one_custom_id_twice(tmp_path):
+    import dataclasses
+
+    base = _planned(3, 100, tmp_path)
+    again = dataclasses.replace(base[1], fingerprint="other")
+    batches = pack(base + [again])
+    for b in batches:
+        ids = [r.custom_id for r in b.requests]
+        assert len(ids) == len(set(ids))
+    assert sum(len(b.requests) for b in batches) == 4
