@@ -46,7 +46,16 @@ def count_near_limits(
         if wait > 0:
             time.sleep(wait)
         last = time.monotonic()
-        counted = client.messages.count_tokens(**count_params(doc, prompt, model)).input_tokens
+        try:
+            counted = client.messages.count_tokens(**count_params(doc, prompt, model)).input_tokens
+        except Exception as exc:  # noqa: BLE001 - a transient failure leaves the estimate in charge
+            from tasks.batches import is_transient
+
+            if not is_transient(exc):
+                raise
+            log.warning("%s: count_tokens failed (%s); its fit is decided by the estimate this time",
+                        doc.source, type(exc).__name__)
+            continue
         log.info("%s (%s): %d input tokens by count_tokens", doc.source, prompt.name, counted)
         cache[key] = counted
         on_counted(key, counted)

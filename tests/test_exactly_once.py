@@ -4,6 +4,7 @@ endpoint, and two runs at once. The proof is read from the simulator's own recor
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import threading
@@ -13,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import cli_env, longbatch_cmd
+from conftest import REPO, cli_env, longbatch_cmd
 from longbatch.failpoints import POINTS
 from simulator.engine import SimConfig
 from simulator.server import SimulatorServer
@@ -23,8 +24,6 @@ PROSE = "The auditors examined every ledger entry for the fiscal year. Their fin
 
 
 def make_inbox(inbox: Path, corpus: Path) -> None:
-    import shutil
-
     inbox.mkdir(parents=True, exist_ok=True)
     shutil.copy(corpus / "text/sec_10k_apple.md", inbox / "apple.md")
     shutil.copy(corpus / "pdf/enc_owner_restricted_rc4_dmca_18p.pdf", inbox / "dmca.pdf")
@@ -88,8 +87,7 @@ def test_twenty_percent_faults_everywhere_complete_with_no_duplicates(tmp_path, 
                        not_found_after_create_seconds=0.5, errored_rate=0.15, expired_rate=0.1,
                        results_bytes_per_second=200_000, seed=7)
     data_dir = tmp_path / "data"
-    make_inbox(data_dir / "inbox", corpus)
-    (data_dir / "inbox" / "expires.txt").unlink()
+    shutil.copytree(REPO / "data" / "inbox", data_dir / "inbox")  # the shipped sample inbox
     for i in range(8):
         (data_dir / "inbox" / f"note-{i}.txt").write_text(f"Note {i}. " + PROSE, encoding="utf-8")
     monkeypatch.setenv("LONGBATCH_POLL_INITIAL_SECONDS", "0.2")
@@ -112,9 +110,10 @@ def test_twenty_percent_faults_everywhere_complete_with_no_duplicates(tmp_path, 
         faults = dict(sim.faults)
         created = Counter(cid for _, ids in sim.create_log for cid in ids)
     summary = assert_every_document_settled(data_dir)
-    readable = summary[summary["source"] != "locked.pdf"]
+    readable = summary[~summary["source"].str.startswith("problems/")]
     assert set(readable["status"]) == {"complete"}, readable[["source", "status", "reason"]].to_string()
-    assert len(succeeded) == 11 and max(succeeded.values()) == 1
+    assert set(summary[summary["source"].str.startswith("problems/")]["status"]) == {"error"}
+    assert len(succeeded) == 13 and max(succeeded.values()) == 1
     # A request was created again only after an unbilled outcome (errored, expired): never while live.
     from longbatch.ledger import Ledger
 
