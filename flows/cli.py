@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -20,6 +21,24 @@ def _prefect_defaults() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks,longbatch,flows")
+
+
+class _UserErrorsWithoutTraceback(logging.Filter):
+    """Prefect logs a flow's exception with its traceback. For errors the user can act on
+    (budget, model, key), the one-line message is the whole story: drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from longbatch.errors import LongbatchError
+
+        if record.exc_info and isinstance(record.exc_info[1], LongbatchError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _quiet_user_errors() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_UserErrorsWithoutTraceback())
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -117,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults()
+    _quiet_user_errors()
     from longbatch.errors import LongbatchError
 
     try:

@@ -127,3 +127,13 @@ def test_plan_counts_near_limit_documents_exactly_with_simulate(tmp_path, corpus
     assert not (tmp_path / "simulator").exists() and not (tmp_path / "ledger.sqlite").exists()
     no_key = run_cli("plan", "--data-dir", str(tmp_path), "--exact-count")
     assert no_key.returncode == 2 and "ANTHROPIC_API_KEY" in no_key.stderr
+
+
+def test_budget_refusal_is_one_clear_line_and_sends_nothing(tmp_path):
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "inbox" / "memo.txt").write_text("The board met and agreed the plan in full. " * 200)
+    proc = run_cli("run", "--simulate", "--data-dir", str(tmp_path), "--budget-usd", "0.001")
+    assert proc.returncode == 2
+    assert "over the budget" in proc.stderr and "Nothing was sent" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not list((tmp_path / "simulator").glob("msgbatch_*.json"))
