@@ -58,6 +58,10 @@ def _planning(p: argparse.ArgumentParser) -> None:
                         "300,000 on models that take the 300K beta)")
     p.add_argument("--min-output-tokens", type=int, default=8_192,
                    help="a document that cannot get this much output does not fit (default: 8192)")
+    p.add_argument("--beta", action="append", dest="betas", metavar="NAME",
+                   help="an extra beta header for every batch (repeatable); the retired "
+                        "context-1m-2025-08-07 is dropped with a warning, and the 300K-output beta is "
+                        "added automatically where needed")
     p.add_argument("--exact-count", action="store_true",
                    help="count every document with the API's count_tokens (free), not only those whose "
                         "local estimate is too close to a limit to decide")
@@ -163,6 +167,8 @@ def _run_params(args: argparse.Namespace, **extra: Any):  # noqa: ANN202
         values["prompts"] = args.prompts
     if args.max_output_tokens:
         values["max_output_tokens"] = args.max_output_tokens
+    if args.betas:
+        values["betas"] = args.betas
     return RunParameters(**values, **extra)
 
 
@@ -211,6 +217,10 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from longbatch.errors import ConfigError
 
         raise ConfigError(f"Inbox {params.inbox_path} is not a folder.")
+    from longbatch.catalog import normalize_betas
+
+    for warning in normalize_betas(settings.betas)[1]:
+        print(f"warning: {warning}", file=sys.stderr)
     with _counting_client(args, settings) as client:
         plan, model = build_plan(params, settings, client)
     frame = pd.DataFrame([asdict(r) for r in plan.rows])

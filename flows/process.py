@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from longbatch.catalog import DEFAULT_MODEL, ModelSpec, get_model, refreshed_catalog
+from longbatch.catalog import DEFAULT_MODEL, ModelSpec, get_model, normalize_betas, refreshed_catalog
 from longbatch.client import make_client
 from longbatch.errors import ConfigError
 from longbatch.failpoints import failpoint
@@ -59,12 +59,14 @@ class RunParameters(BaseModel):
     max_attempts: int = Field(3, ge=1, le=10, description="Tries per request for expired/canceled/transient errors.")
     exact_count: bool = Field(
         False, description="Count every document with count_tokens, not only those near a limit.")
+    betas: list[str] = Field(
+        default_factory=list, description="Extra beta headers for every batch (the retired context-1m is dropped).")
 
     def settings(self) -> Settings:
         values: dict[str, Any] = {
             "data_dir": Path(self.data_dir), "model": self.model, "prompts": self.prompts,
             "max_output_tokens": self.max_output_tokens, "min_output_tokens": self.min_output_tokens,
-            "budget_usd": self.budget_usd, "simulate": self.simulate,
+            "budget_usd": self.budget_usd, "simulate": self.simulate, "betas": self.betas,
         }
         return Settings(**values)
 
@@ -112,8 +114,15 @@ def ingest_document(path: Path, inbox: Path) -> Document | IngestFailure:
 
 @task(name="make-plan", cache_policy=NO_CACHE)
 def plan_task(items: list[Document | IngestFailure], prompts: list[Prompt], model: ModelSpec,
-              requested: int | None, min_output: int) -> Plan:
-    return make_plan(items, prompts, model, requested, min_output)
+              settings: Settings, exact_counts: dict[str, int] | None = None) -> Plan:
+    return plan_with(items, prompts, model, settings, exact_counts)
+
+
+def plan_with(items: list[Document | IngestFailure], prompts: list[Prompt], model: ModelSpec,
+              settings: Settings, exact_counts: dict[str, int] | None = None) -> Plan:
+    betas, _ = normalize_betas(settings.betas)
+    return make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens, exact_counts,
+                     betas)
 
 
 def claim_plan(ledger: Ledger, plan: Plan) -> None:
@@ -285,7 +294,7 @@ def exact_count_task(client: anthropic.Anthropic, ledger: Ledger, plan: Plan, it
     docs = [d for d in items if isinstance(d, Document)]
     counts = count_near_limits(client, plan, docs, prompts, model, ledger.token_counts(),
                                settings.count_tokens_per_minute, ledger.record_token_count, everything)
-    return make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens, counts)
+    return plan_with(items, prompts, model, settings, counts)
 
 
 def build_plan(params: RunParameters, settings: Settings,
@@ -298,12 +307,12 @@ def build_plan(params: RunParameters, settings: Settings,
     items = [read_document(path, inbox) for path in discover(inbox)]
     if client is not None:
         model = model_from_api(client, settings.model)
-    plan = make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens)
+    plan = plan_with(items, prompts, model, settings)
     if client is not None and (params.exact_count or any(r.needs_exact for r in plan.rows)):
         docs = [d for d in items if isinstance(d, Document)]
         counts = count_near_limits(client, plan, docs, prompts, model, {}, settings.count_tokens_per_minute,
                                    everything=params.exact_count)
-        plan = make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens, counts)
+        plan = plan_with(items, prompts, model, settings, counts)
     return plan, model
 
 
@@ -322,7 +331,9 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
                 ", ".join(p.name for p in prompts))
 
     items = ingest_document.map(paths, inbox=inbox).result() if paths else []
-    plan = plan_task(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens)
+    for warning in normalize_betas(settings.betas)[1]:
+        logger.warning(warning)
+    plan = plan_task(items, prompts, model, settings)
     failpoint("after-ingest")
     ledger = Ledger.for_data_dir(settings.data_dir)
     try:
@@ -330,7 +341,7 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
             online = model_from_api(client, settings.model)
             if online != model:  # the service's facts differ from the built-in table: plan with them
                 model = online
-                plan = plan_task(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens)
+                plan = plan_task(items, prompts, model, settings)
             plan = exact_count_task(client, ledger, plan, items, prompts, model, settings, params.exact_count)
             ledger.record_plan(_plan_records(plan))
             failpoint("after-plan")

@@ -85,6 +85,22 @@ ALIASES = {
 DEFAULT_MODEL = "claude-sonnet-4-6"
 
 
+def normalize_betas(betas: Iterable[str]) -> tuple[tuple[str, ...], list[str]]:
+    """Extra beta headers a user asked for, cleaned: (kept, warnings). The context-1m beta was
+    retired on 2026-04-30 and is dropped; the 300K-output beta is added per batch by longbatch
+    itself, only where a request needs it."""
+    kept, warnings = set(), []
+    for beta in (b.strip() for b in betas if b.strip()):
+        if beta == RETIRED_CONTEXT_1M_BETA:
+            warnings.append(f"dropped the {beta} beta: it was retired on 2026-04-30 (the 4.6 models and later "
+                            "have 1M natively; Sonnet 4.5 and Sonnet 4 now have 200K)")
+        elif beta == OUTPUT_300K_BETA:
+            warnings.append(f"{beta} is added by longbatch to the batches that need it; no need to ask for it")
+        else:
+            kept.add(beta)
+    return tuple(sorted(kept)), warnings
+
+
 def get_model(model_id: str, catalog: dict[str, ModelSpec] | None = None) -> ModelSpec:
     """The spec of a model id (or alias); unknown ids are refused with the list of known ones.
     `catalog` is the built-in table unless a fresher one (from the Models API) is given."""

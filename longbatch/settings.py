@@ -27,6 +27,7 @@ class Settings(BaseSettings):
         8_192, description="A document that cannot get at least this much output does not fit."
     )
     budget_usd: float | None = Field(None, description="Refuse to submit when the estimate exceeds this.")
+    betas: list[str] = Field(default_factory=list, description="Extra beta headers for every batch.")
 
     simulate: bool = Field(False, description="Use the built-in local Batches API simulator.")
     api_key: SecretStr | None = Field(

@@ -141,6 +141,7 @@ class Simulator:
         self.create_log: list[tuple[str, list[str]]] = []  # (batch id, custom ids) per create
         self.faults: dict[str, int] = {}  # what was injected, by kind, for tests and logs
         self.count_calls = 0
+        self.batch_betas: dict[str, tuple[str, ...]] = {}  # the anthropic-beta header of each create
         self._rng = random.Random(self.config.seed)
         if self.config.state_dir:
             self._load()
@@ -193,6 +194,7 @@ class Simulator:
         with self._lock:
             self._batches[batch.id] = batch
             self.create_log.append((batch.id, [r["custom_id"] for r in requests]))
+            self.batch_betas[batch.id] = batch.betas
             self._save(batch)
         return self._view(batch)
 

@@ -79,14 +79,15 @@ def count_params(doc: Document, prompt: Prompt, model: ModelSpec) -> dict:
     }
 
 
-def build_request(doc: Document, prompt: Prompt, model: ModelSpec, max_tokens: int) -> PlannedRequest:
+def build_request(doc: Document, prompt: Prompt, model: ModelSpec, max_tokens: int,
+                  extra_betas: tuple[str, ...] = ()) -> PlannedRequest:
     params: MessageCreateParamsNonStreaming = {
         "model": model.id,
         "max_tokens": max_tokens,
         "system": SYSTEM_PROMPT,
         "messages": [{"role": "user", "content": render_user_message(doc, prompt, max_tokens)}],
     }
-    betas = model.betas_for(max_tokens)
+    betas = tuple(sorted(set(model.betas_for(max_tokens)) | set(extra_betas)))
     custom_id = make_custom_id(doc.doc_id, prompt.name)
     request = Request(custom_id=custom_id, params=params)
     body = serialise(request)

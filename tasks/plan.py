@@ -77,9 +77,10 @@ def make_plan(
     requested_output: int | None,
     min_output: int,
     exact_counts: Mapping[str, int] | None = None,
+    extra_betas: tuple[str, ...] = (),
 ) -> Plan:
     """`exact_counts` (count_key -> count_tokens' input tokens) replace the local estimate
-    for the documents they cover."""
+    for the documents they cover; `extra_betas` go on every batch (see normalize_betas)."""
     rows: list[PlanRow] = []
     ready: list[tuple[int, PlannedRequest]] = []
     first_by_sha: dict[str, str] = {}
@@ -95,7 +96,8 @@ def make_plan(
                                     f"same content as {original!r}, which is processed once",
                                     item.page_count, item.chars, sha256=item.sha256))
                 continue
-            row, request = _plan_one(item, prompt, model, requested_output, min_output, exact_counts or {})
+            row, request = _plan_one(item, prompt, model, requested_output, min_output, exact_counts or {},
+                                     extra_betas)
             rows.append(row)
             if request is not None:
                 ready.append((len(rows) - 1, request))
@@ -109,7 +111,7 @@ def make_plan(
 
 def _plan_one(
     doc: Document, prompt: Prompt, model: ModelSpec, requested_output: int | None, min_output: int,
-    exact_counts: Mapping[str, int],
+    exact_counts: Mapping[str, int], extra_betas: tuple[str, ...],
 ) -> tuple[PlanRow, PlannedRequest | None]:
     # The document body was counted once at ingest; count only what wraps it here.
     wrapper = render_user_message(dataclasses.replace(doc, body=""), prompt, model.max_batch_output)
@@ -130,7 +132,7 @@ def _plan_one(
         reason = fit.reason + (" — by the local estimate; an exact count (count_tokens) may still let it fit"
                                if needs else "")
         return dataclasses.replace(base, status=NOT_FIT, reason=reason), None
-    request = build_request(doc, prompt, model, fit.granted)
+    request = build_request(doc, prompt, model, fit.granted, extra_betas)
     if request.body_bytes > MAX_BODY_BYTES:
         reason = f"the request body would be {request.body_bytes:,} bytes, over the batch limit"
         return dataclasses.replace(base, status=NOT_FIT, reason=reason), None
@@ -159,7 +161,8 @@ def rebuild_request(row: dict, inbox: Path, data_dir: Path) -> PlannedRequest | 
     if isinstance(doc, IngestFailure) or doc.sha256 != row["sha256"]:
         return f"{row['source']} changed since it was planned; `longbatch run` plans the new version"
     try:
-        request = build_request(doc, load_prompt(row["prompt"], data_dir), get_model(row["model"]), row["max_tokens"])
+        request = build_request(doc, load_prompt(row["prompt"], data_dir), get_model(row["model"]), row["max_tokens"],
+                                tuple(b for b in row["betas"].split(",") if b))
     except LongbatchError as exc:
         return f"cannot rebuild the request: {exc}"
     if request.fingerprint != row["fingerprint"]:

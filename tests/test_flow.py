@@ -264,3 +264,12 @@ def test_changed_output_budget_supersedes_unsent_work(data_dir, api):
     ledger.close()
     assert old["state"] == "failed" and old["error_type"] == "superseded"
     assert read_summary(data_dir)["a.txt"]["granted_max_tokens"] == 2_000
+
+
+def test_run_drops_the_retired_context_1m_beta(data_dir, api):
+    write(data_dir / "inbox", "a.txt", PROSE)
+    process_documents(RunParameters(data_dir=str(data_dir), model="claude-sonnet-4-5", max_output_tokens=1_000,
+                                    betas=["context-1m-2025-08-07", "some-feature-2026-01-01"]))
+    [batch_id] = [b for b, _ in api.sim.create_log]
+    assert api.sim.batch_betas[batch_id] == ("some-feature-2026-01-01",)
+    assert read_summary(data_dir)["a.txt"]["status"] == "complete"

@@ -216,3 +216,15 @@ def test_a_batch_never_holds_one_custom_id_twice(tmp_path):
         ids = [r.custom_id for r in b.requests]
         assert len(ids) == len(set(ids))
     assert sum(len(b.requests) for b in batches) == 4
+
+
+def test_retired_context_1m_beta_is_dropped_and_others_kept(tmp_path):
+    from longbatch.catalog import normalize_betas
+
+    kept, warnings = normalize_betas(["context-1m-2025-08-07", "some-feature-2026-01-01", OUTPUT_300K_BETA])
+    assert kept == ("some-feature-2026-01-01",)
+    assert any("retired" in w for w in warnings) and any("automatically" in w or "added by" in w for w in warnings)
+    prompt = load_prompt("summary", tmp_path)
+    plan = make_plan([doc("Text. " * 100)], [prompt], SONNET45, 10_000, 8_192, extra_betas=kept)
+    [req] = plan.requests
+    assert req.betas == ("some-feature-2026-01-01",) and "betas" not in req.params
