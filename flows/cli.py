@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="longbatch",
         description="Long reports on very long documents with Claude's Message Batches API "
                     "(up to 300K output tokens per document, at half price).",
+        epilog="Try it with no key: `longbatch run --simulate` over ./data/inbox. With a key "
+               "(ANTHROPIC_API_KEY), `longbatch plan` shows what each document will cost, `longbatch run` "
+               "does the job, and `longbatch status` / `collect` follow batches that outlive a run. "
+               "`longbatch COMMAND --help` explains each command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -97,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--simulate", action="store_true",
                       help="count near-limit documents with the built-in simulator's count_tokens")
 
-    collect = sub.add_parser("collect", help="look at pending batches, assemble what ended",
+    collect = sub.add_parser("collect", help="look at pending batches, assemble what ended, resend retries",
                              description="Poll every pending batch, write the reports of those that ended, "
                                          "resubmit expired, canceled and transiently failed requests (rebuilt "
                                          "from the inbox), and update summary.csv.")
