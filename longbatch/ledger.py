@@ -221,12 +221,12 @@ class Ledger:
 
     # -- plan ---------------------------------------------------------------------------------
 
-    def record_plan(self, rows: Iterable[dict[str, Any]], keep_only_these: bool = True) -> None:
+    def record_plan(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Replace the plan with this run's: summary.csv reports on the inbox as it is now."""
         now = time.time()
         rows = list(rows)
         with self.tx() as conn:
-            if keep_only_these:
-                conn.execute(plan_rows.delete())
+            conn.execute(plan_rows.delete())
             for row in rows:
                 conn.execute(plan_rows.delete().where(
                     (plan_rows.c.source == row["source"]) & (plan_rows.c.prompt == row["prompt"])))

@@ -54,15 +54,3 @@ class Settings(BaseSettings):
     def inbox(self) -> Path:
         return self.data_dir / "inbox"
 
-    @property
-    def reports_dir(self) -> Path:
-        return self.data_dir / "reports"
-
-    @property
-    def results_dir(self) -> Path:
-        """Raw batch results, kept locally: the API deletes them after 29 days."""
-        return self.data_dir / "results"
-
-    @property
-    def ledger_path(self) -> Path:
-        return self.data_dir / "ledger.sqlite"
