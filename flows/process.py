@@ -162,7 +162,8 @@ def reconcile_task(client: anthropic.Anthropic, ledger: Ledger, settings: Settin
     """Resolve creates whose outcome was never heard (a crash or a dropped connection)."""
     ledger.stale_intents_to_unknown(settings.intent_grace_seconds)
     try:
-        adopted = batch_io.recover_unknown_batches(client, ledger, settings.create_grace_seconds)
+        adopted = batch_io.recover_unknown_batches(client, ledger, settings.create_grace_seconds,
+                                                   settings.data_dir / "results")
     except Exception as exc:  # noqa: BLE001 - a transient failure leaves them for the next round
         if not batch_io.is_transient(exc):
             raise

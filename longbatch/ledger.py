@@ -330,6 +330,17 @@ class Ledger:
 
     def record_created(self, batch_id: str, api_id: str, created_at: float, adopted: bool = False) -> None:
         with self.tx() as conn:
+            holder = conn.execute(sa.select(batches.c.id, batches.c.adopted).where(
+                (batches.c.api_id == api_id) & (batches.c.id != batch_id))).first()
+            if holder is not None:
+                if adopted or not holder.adopted:
+                    return  # already owned: an adoption never takes a batch from its creator
+                # We created it and hold the answer; a recovery had adopted it by mistake: that
+                # intent goes back to unknown, to be resolved again.
+                conn.execute(batches.update().where(batches.c.id == holder.id).values(
+                    state="unknown", api_id=None, adopted=False, created_at=None))
+                conn.execute(requests.update().where(requests.c.batch_id == holder.id).values(
+                    state="submitting", updated_at=time.time()))
             conn.execute(batches.update().where(batches.c.id == batch_id).values(
                 state="submitted", api_id=api_id, created_at=created_at, adopted=adopted))
             conn.execute(requests.update().where(requests.c.batch_id == batch_id).values(

@@ -142,7 +142,9 @@ class Simulator:
         self.faults: dict[str, int] = {}  # what was injected, by kind, for tests and logs
         self.count_calls = 0
         self.batch_betas: dict[str, tuple[str, ...]] = {}  # the anthropic-beta header of each create
-        self._rng = random.Random(self.config.seed)
+        # One dice stream per endpoint (and one for drops): the n-th create meets the same fate
+        # whatever the number of polls before it, so a seed gives a repeatable run.
+        self._rngs: dict[str, random.Random] = {}
         if self.config.state_dir:
             self._load()
 
@@ -154,18 +156,25 @@ class Simulator:
         if cfg.fault_rate <= 0 or (cfg.fault_endpoints and endpoint not in cfg.fault_endpoints):
             return None
         with self._lock:
-            if self._rng.random() >= cfg.fault_rate:
+            rng = self._dice(endpoint)
+            if rng.random() >= cfg.fault_rate:
                 return None
-            status = self._rng.choice(cfg.fault_statuses)
+            status = rng.choice(cfg.fault_statuses)
             self._count(f"{endpoint}:{status}")
         return ApiError(status, FAULT_TYPES.get(status, "api_error"), f"simulated {status} fault")
 
     def drop_after_create(self) -> bool:
         with self._lock:
-            if self.config.drop_after_create_rate > 0 and self._rng.random() < self.config.drop_after_create_rate:
+            rate = self.config.drop_after_create_rate
+            if rate > 0 and self._dice("create:drop").random() < rate:
                 self._count("create:dropped")
                 return True
         return False
+
+    def _dice(self, stream: str) -> random.Random:
+        if stream not in self._rngs:
+            self._rngs[stream] = random.Random(f"{self.config.seed}:{stream}")
+        return self._rngs[stream]
 
     def _count(self, kind: str) -> None:
         self.faults[kind] = self.faults.get(kind, 0) + 1

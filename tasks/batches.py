@@ -4,6 +4,7 @@ download results (streamed to a local archive). The only stage that touches the 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -11,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx2
@@ -107,12 +109,21 @@ def _retry_after(exc: anthropic.APIStatusError, attempt: int) -> float:
         return min(2.0 ** attempt, 60.0)
 
 
-def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger, create_grace_seconds: float) -> list[str]:
-    """Find on the server the batches whose create outcome we never heard. A server batch
-    created within the recovery window after the intent, with the same request count, and
-    not already known to the ledger, is adopted (its custom_ids are checked when its results
-    arrive). When none is found and the intent is older than `create_grace_seconds`, the
-    create did not happen and its requests go back in the queue. Returns the adopted API ids."""
+def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger, create_grace_seconds: float,
+                            results_dir: Path) -> list[str]:
+    """Find on the server the batches whose create outcome we never heard, without ever
+    guessing wrong:
+
+    * a candidate is a server batch the ledger does not know, created within the recovery
+      window after an intent, with the intent's request count;
+    * a candidate that has ended is confirmed by its custom_ids (its results are archived and
+      compared with the intent's members) and adopted by the intent it matches exactly;
+    * a candidate still running is adopted only when the match is unambiguous (one intent, one
+      candidate); two intents that could own the same batches wait until the results tell;
+    * an intent with no candidate at all, older than `create_grace_seconds`, never reached the
+      server: its requests are queued again.
+
+    Returns the adopted API ids."""
     unknown = ledger.batches_in_state("unknown")
     if not unknown:
         return []
@@ -124,20 +135,39 @@ def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger, create_
             break  # newest first: everything after this is older than our intents
         if server_batch.id not in known:
             candidates.append(server_batch)
-    adopted = []
-    for record in unknown:
-        match = [
-            b for b in candidates
-            if record.intent_at - 5.0 <= b.created_at.timestamp() <= record.intent_at + RECOVERY_WINDOW_SECONDS
-            and sum(b.request_counts.to_dict().values()) == record.request_count
-        ]
-        if match:
-            chosen = min(match, key=lambda b: b.created_at)
-            candidates.remove(chosen)
-            ledger.record_created(record.id, chosen.id, chosen.created_at.timestamp(), adopted=True)
-            adopted.append(chosen.id)
-            log.info("recovered batch %s for an unconfirmed create (no second submission)", chosen.id)
-        elif time.time() - record.intent_at > create_grace_seconds:
+
+    def fits(record: BatchRecord, batch: Any) -> bool:
+        created = batch.created_at.timestamp()
+        return (record.intent_at - 5.0 <= created <= record.intent_at + RECOVERY_WINDOW_SECONDS
+                and sum(batch.request_counts.to_dict().values()) == record.request_count)
+
+    adopted: list[str] = []
+
+    def adopt(record: BatchRecord, batch: Any) -> None:
+        ledger.record_created(record.id, batch.id, batch.created_at.timestamp(), adopted=True)
+        adopted.append(batch.id)
+        candidates.remove(batch)
+        unknown.remove(record)
+        log.info("recovered batch %s for an unconfirmed create (no second submission)", batch.id)
+
+    # 1. Ended candidates: their custom_ids decide.
+    for batch in [b for b in candidates if b.processing_status == "ended" and any(fits(r, b) for r in unknown)]:
+        archive = download_results(client, batch.id, results_dir)
+        ids = {json.loads(line)["custom_id"] for line in archive.read_bytes().splitlines() if line.strip()}
+        owner = next((r for r in unknown if fits(r, batch) and set(ledger.members(r.id)) == ids), None)
+        if owner is not None:
+            adopt(owner, batch)
+        else:
+            archive.unlink(missing_ok=True)  # someone else's batch: not ours to keep
+    # 2. Running candidates: adopt only a one-to-one match.
+    for record in list(unknown):
+        mine = [b for b in candidates if fits(record, b)]
+        rivals = [r for r in unknown if r is not record and any(fits(r, b) for b in mine)]
+        if len(mine) == 1 and not rivals and mine[0].processing_status != "ended":
+            adopt(record, mine[0])
+    # 3. No candidate at all, after the grace period: the create never happened.
+    for record in list(unknown):
+        if not any(fits(record, b) for b in candidates) and time.time() - record.intent_at > create_grace_seconds:
             members = ledger.members(record.id)
             ledger.record_create_failed(record.id, "the create never reached the server", unknown=False)
             for fp, _ in members.values():

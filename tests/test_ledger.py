@@ -79,3 +79,19 @@ def test_database_url_is_honoured(tmp_path):
     ledger = Ledger(url)
     assert ledger.claim(request_row())
     assert (tmp_path / "elsewhere" / "shared.db").exists()
+
+
+def test_a_creator_takes_its_batch_back_from_a_mistaken_adoption(tmp_path):
+    ledger = Ledger.for_data_dir(tmp_path)
+    ledger.claim(request_row("a" * 64))
+    ledger.claim({**request_row("b" * 64), "custom_id": "other--report"})
+    mine, _ = ledger.record_intent((), [("doc--report", "a" * 64)])
+    theirs, _ = ledger.record_intent((), [("other--report", "b" * 64)])
+    ledger.record_create_failed(mine, "HTTP 500", unknown=True)
+    ledger.record_created(mine, "msgbatch_x", 1.0, adopted=True)  # recovery guessed wrong
+    ledger.record_created(theirs, "msgbatch_x", 1.0)  # the real creator heard back
+    states = {b.id: (b.state, b.api_id) for b in ledger.batches_in_state("unknown", "submitted")}
+    assert states == {mine: ("unknown", None), theirs: ("submitted", "msgbatch_x")}
+    assert ledger.request("a" * 64)["state"] == "submitting"
+    ledger.record_created(mine, "msgbatch_x", 1.0, adopted=True)  # and it cannot be taken again
+    assert {b.id for b in ledger.batches_in_state("submitted")} == {theirs}
