@@ -228,3 +228,18 @@ def test_retired_context_1m_beta_is_dropped_and_others_kept(tmp_path):
     plan = make_plan([doc("Text. " * 100)], [prompt], SONNET45, 10_000, 8_192, extra_betas=kept)
     [req] = plan.requests
     assert req.betas == ("some-feature-2026-01-01",) and "betas" not in req.params
+
+
+def test_one_document_three_models_three_correct_plans(tmp_path, corpus):
+    from tasks.ingest import read_document
+
+    book = read_document(corpus / "pdf/long_freeculture_lessig_2004_352p.pdf", corpus)  # ~195K cl100k tokens
+    prompt = load_prompt("report", tmp_path)
+    plans = {m.id: make_plan([book], [prompt], m, None, 8_192).rows[0] for m in (OPUS46, SONNET46, SONNET45)}
+    for model_id, window in (("claude-opus-4-6", 1_000_000), ("claude-sonnet-4-6", 1_000_000)):
+        row = plans[model_id]
+        assert row.status == READY and row.granted_max_tokens == 300_000 and row.betas == OUTPUT_300K_BETA
+        assert row.upper_input_tokens + row.granted_max_tokens <= window
+    s45 = plans["claude-sonnet-4-5"]
+    assert s45.status == NOT_FIT and "200,000" in s45.reason  # 296K upper bound > a 200K window
+    assert plans["claude-opus-4-6"].max_cost_usd > plans["claude-sonnet-4-6"].max_cost_usd  # $25 vs $15 output
