@@ -129,8 +129,9 @@ def claim_plan(ledger: Ledger, plan: Plan) -> None:
     """Record this plan's new work in the ledger as queued. Work the ledger already knows
     (same fingerprint, from an earlier or a concurrent run) is not claimed again."""
     rows = {r.custom_id: r for r in plan.rows if r.custom_id}
+    known = ledger.known_fingerprints([r.fingerprint for r in plan.requests])
     for req in plan.requests:
-        if ledger.request(req.fingerprint) is None:
+        if req.fingerprint not in known:
             row = rows[req.custom_id]
             ledger.claim({"fingerprint": req.fingerprint, "custom_id": req.custom_id, "doc_id": req.doc_id,
                           "source": row.source, "sha256": row.sha256, "prompt": req.prompt, "model": req.model,
@@ -263,8 +264,9 @@ def _check_budget(plan: Plan, ledger: Ledger, budget: float | None) -> None:
     if budget is None:
         return
     fingerprints = {r.custom_id: r.fingerprint for r in plan.requests}
+    known = ledger.known_fingerprints(list(fingerprints.values()))
     new_cost = sum(row.max_cost_usd for row in plan.rows
-                   if row.custom_id and ledger.request(fingerprints[row.custom_id]) is None)
+                   if row.custom_id and fingerprints[row.custom_id] not in known)
     if new_cost > budget:
         raise BudgetExceededError(
             f"This run could cost up to ${new_cost:,.2f} (every granted output token used), over the budget "
@@ -387,15 +389,7 @@ def collect_batches(
             if wait:
                 finish_pending(client, ledger, settings, max_attempts, None, inbox_path)
             else:
-                for record in ledger.batches_in_state("submitted"):
-                    try:
-                        st = batch_io.poll_once(client, record)
-                    except Exception as exc:  # noqa: BLE001 - a batch unreachable now is looked at next time
-                        if not batch_io.is_transient(exc):
-                            raise
-                        continue
-                    if st.status == "ended":
-                        ledger.record_ended(record.id, st.ended_at or time.time(), st.counts)
+                batch_io.poll_round(client, ledger)
                 collect_task(client, ledger, settings.data_dir)
                 if settle_retries(ledger, max_attempts):
                     submit_until_settled(client, ledger, queued_requests(ledger, inbox_path, settings.data_dir),

@@ -247,6 +247,16 @@ class Ledger:
             row = conn.execute(sa.select(requests).where(requests.c.fingerprint == fingerprint)).mappings().first()
             return dict(row) if row else None
 
+    def known_fingerprints(self, fingerprints: list[str]) -> set[str]:
+        """Which of these requests the ledger already holds: one query per 500, not one each."""
+        found: set[str] = set()
+        with self.tx() as conn:
+            for i in range(0, len(fingerprints), 500):
+                chunk = fingerprints[i: i + 500]
+                found.update(conn.execute(sa.select(requests.c.fingerprint)
+                                          .where(requests.c.fingerprint.in_(chunk))).scalars())
+        return found
+
     def claim(self, req: dict[str, Any]) -> bool:
         """Record a new request as queued. True if this call created it; False if the same work
         (same fingerprint) is already known, from an earlier run or a concurrent one."""

@@ -198,6 +198,26 @@ def poll_once(client: anthropic.Anthropic, record: BatchRecord) -> BatchStatus:
     return BatchStatus(record, batch.processing_status, counts, ended)
 
 
+def poll_round(client: anthropic.Anthropic, ledger: Ledger) -> list[BatchStatus]:
+    """Look once at every submitted batch and record the ones that ended. A batch that cannot
+    be reached now (transient error) is reported `unreachable` and looked at next time."""
+    statuses = []
+    for record in ledger.batches_in_state("submitted"):
+        try:
+            statuses.append(poll_once(client, record))
+        except Exception as exc:  # noqa: BLE001 - only transient errors are let through
+            if not is_transient(exc):
+                raise
+            log.warning("could not poll batch %s this round: %s", record.api_id, type(exc).__name__)
+            statuses.append(BatchStatus(record, "unreachable", {}, None))
+    failpoint("while-waiting")
+    for st in statuses:
+        if st.status == "ended":
+            ledger.record_ended(st.record.id, st.ended_at or time.time(), st.counts)
+            failpoint("after-ended")
+    return statuses
+
+
 def wait_for_batches(
     client: anthropic.Anthropic,
     ledger: Ledger,
@@ -212,20 +232,7 @@ def wait_for_batches(
     deadline = time.monotonic() + timeout
     interval = initial
     while True:
-        statuses = []
-        for record in ledger.batches_in_state("submitted"):
-            try:
-                statuses.append(poll_once(client, record))
-            except Exception as exc:  # noqa: BLE001 - only transient errors are let through
-                if not is_transient(exc):
-                    raise
-                log.warning("could not poll batch %s this round: %s", record.api_id, type(exc).__name__)
-                statuses.append(BatchStatus(record, "unreachable", {}, None))
-        failpoint("while-waiting")
-        for st in statuses:
-            if st.status == "ended":
-                ledger.record_ended(st.record.id, st.ended_at or time.time(), st.counts)
-                failpoint("after-ended")
+        statuses = poll_round(client, ledger)
         if on_progress:
             on_progress(statuses)
         if all(st.status == "ended" for st in statuses):
