@@ -62,6 +62,10 @@ def _planning(p: argparse.ArgumentParser) -> None:
                    help="an extra beta header for every batch (repeatable); the retired "
                         "context-1m-2025-08-07 is dropped with a warning, and the 300K-output beta is "
                         "added automatically where needed")
+    p.add_argument("--pdf-mode", choices=["text", "native"], default=os.environ.get("LONGBATCH_PDF_MODE", "text"),
+                   help="text (default): send the text extracted from each PDF; native: send the PDF itself as a "
+                        "document block, so the model sees tables, figures and layout (costs image tokens per "
+                        "page; split into page ranges over 600 pages (100 below a 1M window) or 32 MB)")
     p.add_argument("--exact-count", action="store_true",
                    help="count every document with the API's count_tokens (free), not only those whose "
                         "local estimate is too close to a limit to decide")
@@ -163,7 +167,7 @@ def _run_params(args: argparse.Namespace, **extra: Any):  # noqa: ANN202
     from flows.process import RunParameters
 
     values: dict[str, Any] = {"data_dir": str(args.data_dir), "min_output_tokens": args.min_output_tokens,
-                              "exact_count": args.exact_count}
+                              "exact_count": args.exact_count, "pdf_mode": args.pdf_mode}
     if args.inbox:
         values["inbox"] = str(args.inbox)
     if args.model:
@@ -234,20 +238,25 @@ def cmd_plan(args: argparse.Namespace) -> int:
         return 0
     out = settings.data_dir / "plan.csv"
     atomic_write_text(out, frame.to_csv(index=False))
-    show = frame[["source", "prompt", "status", "pages", "chars", "cl100k_tokens", "exact_input_tokens",
+    show = frame[["source", "prompt", "status", "part", "pages", "chars", "cl100k_tokens", "exact_input_tokens",
                   "est_input_tokens", "upper_input_tokens", "granted_max_tokens", "batch", "max_cost_usd"]].copy()
     for column in ("pages", "exact_input_tokens", "batch"):
-        show[column] = show[column].astype("Int64")
-    show["source"] = show["source"].str.slice(0, 48)
+        show[column] = show[column].astype("Int64").astype("string").fillna("-")
+    # A split document's parts and combining steps sit under its row, named by what they cover.
+    is_step = frame["part"] != ""
+    show["source"] = frame["source"].str.slice(0, 48).where(~is_step, "  " + frame["covers"].str.slice(0, 46))
+    show["batch"] = show["batch"].where(frame["status"] != "reduce", "after parts")
     print(show.to_string(index=False, na_rep="-"))
-    reasons = frame[frame["status"] != "ready"][["source", "reason"]]
-    if not reasons.empty:
-        print("\nNot sent:")
-        for _, r in reasons.iterrows():
+    notes = frame[~is_step & ((frame["status"] != "ready") | frame["parts"].notna())][["source", "reason"]]
+    if not notes.empty:
+        print("\nNotes:")
+        for _, r in notes.iterrows():
             print(f"  {r['source']}: {r['reason']}")
-    print(f"\n{len(plan.rows)} row(s), {len(plan.requests)} request(s) in {len(plan.batches)} batch(es) for "
-          f"{model.id}. Estimated input cost ${plan.est_input_usd:,.2f}; at most ${plan.max_cost_usd:,.2f} if every "
-          f"granted output token is used (batch prices, 50% off). Written to {out}.")
+    steps = len(plan.reductions)
+    print(f"\n{len(plan.document_rows)} document row(s), {len(plan.requests)} request(s) in {len(plan.batches)} "
+          f"batch(es)" + (f" and {steps} combining step(s) sent once their parts are done" if steps else "")
+          + f", for {model.id}. Estimated input cost ${plan.est_input_usd:,.2f}; at most ${plan.max_cost_usd:,.2f} "
+          f"if every granted output token is used (batch prices, 50% off). Written to {out}.")
     return 0
 
 

@@ -8,12 +8,13 @@ deployment). Both can be called from Python.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anthropic
 from prefect import flow, get_run_logger, task
@@ -32,9 +33,10 @@ from tasks.counting import count_near_limits
 from tasks.ingest import Document, IngestFailure, discover, read_document
 from tasks.packing import pack
 from tasks.build import PlannedRequest
-from tasks.plan import Plan, make_plan, rebuild_request
+from tasks.plan import PART, REDUCE, Plan, make_plan, rebuild_request
 from tasks.prompts import Prompt, load_prompts
-from tasks.reports import write_summary
+from tasks.reduce import advance_reductions, rebuild_reduce_request
+from tasks.reports import request_meta, write_summary
 
 SIMULATED_KEY = "simulated-no-key-needed"
 log = logging.getLogger(__name__)
@@ -61,12 +63,16 @@ class RunParameters(BaseModel):
         False, description="Count every document with count_tokens, not only those near a limit.")
     betas: list[str] = Field(
         default_factory=list, description="Extra beta headers for every batch (the retired context-1m is dropped).")
+    pdf_mode: Literal["text", "native"] = Field(
+        "text", description="PDFs as extracted text (default), or as the PDF itself, for tables and figures "
+                            "(document blocks; split into page ranges over 600 pages or 32 MB).")
 
     def settings(self) -> Settings:
         values: dict[str, Any] = {
             "data_dir": Path(self.data_dir), "model": self.model, "prompts": self.prompts,
             "max_output_tokens": self.max_output_tokens, "min_output_tokens": self.min_output_tokens,
             "budget_usd": self.budget_usd, "simulate": self.simulate, "betas": self.betas,
+            "pdf_mode": self.pdf_mode,
         }
         return Settings(**values)
 
@@ -122,21 +128,25 @@ def plan_with(items: list[Document | IngestFailure], prompts: list[Prompt], mode
               settings: Settings, exact_counts: dict[str, int] | None = None) -> Plan:
     betas, _ = normalize_betas(settings.betas)
     return make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens, exact_counts,
-                     betas)
+                     betas, settings.pdf_mode)
 
 
 def claim_plan(ledger: Ledger, plan: Plan) -> None:
-    """Record this plan's new work in the ledger as queued. Work the ledger already knows
-    (same fingerprint, from an earlier or a concurrent run) is not claimed again."""
-    rows = {r.custom_id: r for r in plan.rows if r.custom_id}
+    """Record this plan's new work in the ledger as queued, and the combining steps of split
+    documents as waiting. Work the ledger already knows (same fingerprint or recipe, from an
+    earlier or a concurrent run) is not claimed again."""
+    rows = {r.custom_id: r for r in plan.rows if r.custom_id and r.status != REDUCE}
     known = ledger.known_fingerprints([r.fingerprint for r in plan.requests])
     for req in plan.requests:
         if req.fingerprint not in known:
             row = rows[req.custom_id]
             ledger.claim({"fingerprint": req.fingerprint, "custom_id": req.custom_id, "doc_id": req.doc_id,
                           "source": row.source, "sha256": row.sha256, "prompt": req.prompt, "model": req.model,
-                          "max_tokens": req.max_tokens, "betas": ",".join(req.betas)})
+                          "max_tokens": req.max_tokens, "betas": ",".join(req.betas),
+                          "meta": json.dumps(req.meta) if req.meta else None})
         ledger.supersede(req.custom_id, req.fingerprint)
+    for node in plan.reductions:
+        ledger.claim_reduction(node.record())
 
 
 @task(name="submit-batches", cache_policy=NO_CACHE)
@@ -232,12 +242,17 @@ def finish_pending(client: anthropic.Anthropic, ledger: Ledger, settings: Settin
         wait_task(client, ledger, settings)
         collect_task(client, ledger, settings.data_dir)
         requeued = settle_retries(ledger, max_attempts)
-        if not requeued:
+        combining = advance_reductions(ledger, settings.data_dir)
+        if not requeued and not combining:
             return
-        get_run_logger().info("resubmitting %d request(s) that expired, were canceled or hit transient errors",
-                              len(requeued))
+        if requeued:
+            get_run_logger().info("resubmitting %d request(s) that expired, were canceled or hit transient errors",
+                                  len(requeued))
+        if combining:
+            get_run_logger().info("sending %d step(s) combining the part reports of split documents", len(combining))
         failpoint("before-retry")
-        submit_until_settled(client, ledger, queued_requests(ledger, inbox, settings.data_dir, requests), settings)
+        known = (requests or []) + combining
+        submit_until_settled(client, ledger, queued_requests(ledger, inbox, settings.data_dir, known), settings)
 
 
 def queued_requests(ledger: Ledger, inbox: Path, data_dir: Path,
@@ -249,7 +264,13 @@ def queued_requests(ledger: Ledger, inbox: Path, data_dir: Path,
     by_fp = {r.fingerprint: r for r in known or []}
     out = []
     for row in ledger.requests_in_state("queued"):
-        found = by_fp.get(row["fingerprint"]) or rebuild_request(row, inbox, data_dir)
+        step = request_meta(row)
+        found = by_fp.get(row["fingerprint"])
+        if found is None and step and step["role"] in ("merge", "final"):
+            found = rebuild_reduce_request(ledger, step, data_dir)
+            if not isinstance(found, str) and found.fingerprint != row["fingerprint"]:
+                found = "the part reports it combines changed since it was built"
+        found = found or rebuild_request(row, inbox, data_dir)
         if isinstance(found, str):
             ledger.set_request_state([row["fingerprint"]], "failed", error_type="not_rebuildable",
                                      error_message=found)
@@ -265,8 +286,12 @@ def _check_budget(plan: Plan, ledger: Ledger, budget: float | None) -> None:
         return
     fingerprints = {r.custom_id: r.fingerprint for r in plan.requests}
     known = ledger.known_fingerprints(list(fingerprints.values()))
+    known_steps = ledger.known_reductions([n.key for n in plan.reductions])
+    # Requests (whole documents and parts) and combining steps; a split document's own row
+    # only sums those.
     new_cost = sum(row.max_cost_usd for row in plan.rows
-                   if row.custom_id and fingerprints[row.custom_id] not in known)
+                   if (row.status == REDUCE and row.reduction not in known_steps)
+                   or (row.status != REDUCE and row.custom_id and fingerprints[row.custom_id] not in known))
     if new_cost > budget:
         raise BudgetExceededError(
             f"This run could cost up to ${new_cost:,.2f} (every granted output token used), over the budget "
@@ -391,9 +416,11 @@ def collect_batches(
             else:
                 batch_io.poll_round(client, ledger)
                 collect_task(client, ledger, settings.data_dir)
-                if settle_retries(ledger, max_attempts):
-                    submit_until_settled(client, ledger, queued_requests(ledger, inbox_path, settings.data_dir),
-                                         settings)
+                requeued = settle_retries(ledger, max_attempts)
+                combining = advance_reductions(ledger, settings.data_dir)
+                if requeued or combining:
+                    submit_until_settled(client, ledger,
+                                         queued_requests(ledger, inbox_path, settings.data_dir, combining), settings)
         summary = write_summary(ledger, settings.data_dir)
     finally:
         ledger.close()
@@ -401,8 +428,15 @@ def collect_batches(
 
 
 def _plan_records(plan: Plan) -> list[dict[str, Any]]:
+    """The document rows (one per document and prompt) for summary.csv; a split document's
+    row carries its parts' fingerprints and its final step's key."""
     fingerprints = {r.custom_id: r.fingerprint for r in plan.requests}
-    return [{**asdict(row), "fingerprint": fingerprints.get(row.custom_id or "")} for row in plan.rows]
+    parts: dict[tuple[str, str], list[str]] = {}
+    for row in plan.rows:
+        if row.status == PART:
+            parts.setdefault((row.source, row.prompt), []).append(fingerprints[row.custom_id or ""])
+    return [{**asdict(row), "fingerprint": fingerprints.get(row.custom_id or ""),
+             "part_fingerprints": parts.get((row.source, row.prompt), [])} for row in plan.document_rows]
 
 
 def _result(summary_path: Path) -> dict[str, Any]:

@@ -26,6 +26,11 @@ POINTS = (
     "after-collected",       # batch marked collected, summary not written
     "before-retry",          # retryable requests requeued, not yet resubmitted
 )
+# Points reached only by split documents, between their parts and the step combining them.
+SPLIT_POINTS = (
+    "after-step-claimed",    # the combining request claimed (queued), its step still "waiting"
+    "after-step-built",      # the step marked built, its request not yet sent
+)
 
 
 def failpoint(name: str) -> None:

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from longbatch.errors import ConfigError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 metadata = sa.MetaData()
 
@@ -61,6 +61,26 @@ requests = sa.Table(
     sa.Column("batch_id", sa.String(64)),  # local id of the batch holding the current attempt
     sa.Column("error_type", sa.String(64)),
     sa.Column("error_message", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    # A split document's part or combining step (schema 4), as JSON: which one, what it covers.
+    sa.Column("meta", sa.Text),
+)
+
+# Combining steps of split documents (schema 4): the recipe is known at plan time, the request
+# only once the reports it combines exist. waiting -> built (fingerprint set) | failed.
+reductions = sa.Table(
+    "reductions", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("final_key", sa.String(64), nullable=False, index=True),
+    sa.Column("custom_id", sa.String(64), nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("prompt", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("fingerprint", sa.String(64)),
+    sa.Column("error", sa.Text),
+    sa.Column("data", sa.Text, nullable=False),  # the whole ReduceNode as JSON
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
@@ -122,8 +142,13 @@ def _v2_to_v3(conn: Connection) -> None:
     """token_counts is a new table: create_all has made it already; nothing else changes."""
 
 
+def _v3_to_v4(conn: Connection) -> None:
+    """Split documents: requests say which part they are; reductions is a new table."""
+    conn.execute(sa.text("ALTER TABLE requests ADD COLUMN meta TEXT"))
+
+
 # MIGRATIONS[n] takes a ledger from schema n to n + 1, inside the opening transaction.
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3}
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
 
 
 # count_tokens answers, cached by what was counted (schema 3): free, but rate-limited.
@@ -298,6 +323,64 @@ class Ledger:
         with self.tx() as conn:
             rows = conn.execute(sa.select(requests).where(requests.c.state.in_(states))).mappings()
             return [dict(r) for r in rows]
+
+    def requests_by_fingerprint(self, fingerprints: list[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        with self.tx() as conn:
+            for i in range(0, len(fingerprints), 500):
+                rows = conn.execute(sa.select(requests).where(requests.c.fingerprint.in_(fingerprints[i: i + 500])))
+                found.update({r["fingerprint"]: dict(r) for r in rows.mappings()})
+        return found
+
+    # -- reductions ---------------------------------------------------------------------------
+
+    def claim_reduction(self, node: dict[str, Any]) -> bool:
+        """Record a combining step as waiting; False if the same recipe is already known."""
+        now = time.time()
+        try:
+            with self.tx() as conn:
+                conn.execute(reductions.insert().values(
+                    key=node["key"], final_key=node["final_key"], custom_id=node["custom_id"], source=node["source"],
+                    prompt=node["prompt"], role=node["role"], state="waiting", data=json.dumps(node),
+                    created_at=now, updated_at=now))
+            return True
+        except sa.exc.IntegrityError:
+            return False
+
+    def reductions_in_state(self, *states: str) -> list[dict[str, Any]]:
+        with self.tx() as conn:
+            rows = conn.execute(sa.select(reductions).where(reductions.c.state.in_(states))
+                                .order_by(reductions.c.created_at, reductions.c.custom_id)).mappings()
+            return [dict(r) for r in rows]
+
+    def reductions_of(self, final_key: str) -> list[dict[str, Any]]:
+        """Every step of one split document's tree, the final one included."""
+        with self.tx() as conn:
+            rows = conn.execute(sa.select(reductions).where(reductions.c.final_key == final_key)).mappings()
+            return [dict(r) for r in rows]
+
+    def reduction(self, key: str) -> dict[str, Any] | None:
+        with self.tx() as conn:
+            row = conn.execute(sa.select(reductions).where(reductions.c.key == key)).mappings().first()
+            return dict(row) if row else None
+
+    def known_reductions(self, keys: list[str]) -> set[str]:
+        with self.tx() as conn:
+            return set(conn.execute(sa.select(reductions.c.key).where(reductions.c.key.in_(keys))).scalars())
+
+    def stranded_steps(self) -> list[dict[str, Any]]:
+        """Steps built and claimed whose request is still queued: a process stopped before
+        sending them."""
+        with self.tx() as conn:
+            q = sa.select(reductions).join(requests, requests.c.fingerprint == reductions.c.fingerprint).where(
+                (reductions.c.state == "built") & (requests.c.state == "queued"))
+            return [dict(r) for r in conn.execute(q).mappings()]
+
+    def set_reduction(self, key: str, state: str, fingerprint: str | None = None, error: str | None = None) -> None:
+        """waiting -> built | failed; only from waiting, so a step is built once."""
+        with self.tx() as conn:
+            conn.execute(reductions.update().where((reductions.c.key == key) & (reductions.c.state == "waiting"))
+                         .values(state=state, fingerprint=fingerprint, error=error, updated_at=time.time()))
 
     # -- batches ------------------------------------------------------------------------------
 

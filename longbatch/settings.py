@@ -7,6 +7,7 @@ the two the Anthropic SDK itself reads: ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,8 @@ class Settings(BaseSettings):
     )
     budget_usd: float | None = Field(None, description="Refuse to submit when the estimate exceeds this.")
     betas: list[str] = Field(default_factory=list, description="Extra beta headers for every batch.")
+    pdf_mode: Literal["text", "native"] = Field(
+        "text", description="PDFs as extracted text, or as the PDF itself (document blocks).")
 
     simulate: bool = Field(False, description="Use the built-in local Batches API simulator.")
     api_key: SecretStr | None = Field(

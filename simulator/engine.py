@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from longbatch.catalog import ALIASES, BUILTIN_MODELS, OUTPUT_300K_BETA, OUTPUT_300K_MAX, ModelSpec
 from longbatch.fsutil import atomic_write_bytes
 from simulator import outline
+from simulator.pdf import PdfBlockError, read_block as read_pdf_block
 from simulator.tokens import REQUEST_OVERHEAD, count_for_family
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -112,9 +113,16 @@ def resolve_model(model_id: str, overrides: dict[str, dict[str, Any]] | None = N
     return spec
 
 
-def request_text(params: dict[str, Any]) -> str:
-    """All the text a request sends (system prompt and message contents)."""
+def request_text(params: dict[str, Any], window: int = 1_000_000) -> str:
+    """All the text a request sends (system prompt and message contents, PDF pages as their
+    text). Raises PdfBlockError for a PDF the service would refuse."""
+    return _read_request(params, window)[0]
+
+
+def _read_request(params: dict[str, Any], window: int) -> tuple[str, int]:
+    """(text, image tokens of PDF pages)."""
     parts: list[str] = []
+    images = 0
     system = params.get("system")
     if isinstance(system, str):
         parts.append(system)
@@ -125,12 +133,28 @@ def request_text(params: dict[str, Any]) -> str:
         if isinstance(content, str):
             parts.append(content)
         elif isinstance(content, list):
-            parts.extend(b.get("text", "") for b in content if isinstance(b, dict))
-    return "\n".join(parts)
+            for block in content:
+                if isinstance(block, dict) and block.get("type") == "document":
+                    pdf = read_pdf_block(block, window)
+                    parts.append(pdf.text(str(block.get("title") or "document")))
+                    images += pdf.image_tokens
+                elif isinstance(block, dict):
+                    parts.append(block.get("text", ""))
+    return "\n".join(parts), images
+
+
+MAX_PDF_REQUEST_BYTES = 32 * 1024 * 1024
+
+
+def _has_document(params: dict[str, Any]) -> bool:
+    return any(isinstance(b, dict) and b.get("type") == "document"
+               for m in params.get("messages") or [] if isinstance(m, dict) and isinstance(m.get("content"), list)
+               for b in m["content"])
 
 
 def count_request_tokens(params: dict[str, Any], spec: ModelSpec) -> int:
-    return REQUEST_OVERHEAD + count_for_family(request_text(params), spec.tokenizer)
+    text, images = _read_request(params, spec.context_window)
+    return REQUEST_OVERHEAD + count_for_family(text, spec.tokenizer) + images
 
 
 class Simulator:
@@ -262,7 +286,10 @@ class Simulator:
             raise ApiError(404, "not_found_error", f"model: {body.get('model')!r} not found")
         with self._lock:
             self.count_calls += 1
-        return {"input_tokens": count_request_tokens(body, spec)}
+        try:
+            return {"input_tokens": count_request_tokens(body, spec)}
+        except PdfBlockError as exc:
+            raise ApiError(400, "invalid_request_error", str(exc)) from exc
 
     def models(self) -> dict[str, Any]:
         data = [self.model(m) for m in BUILTIN_MODELS]
@@ -388,13 +415,18 @@ class Simulator:
                            f"output tokens for {spec.id}")
         if not params.get("messages"):
             return errored("invalid_request_error", "messages: at least one message is required")
-        text = request_text(params)
+        if len(json.dumps(params, ensure_ascii=False).encode()) > MAX_PDF_REQUEST_BYTES and _has_document(params):
+            return errored("invalid_request_error", "request too large: a request with a PDF may be at most 32 MB")
+        try:
+            text = request_text(params, spec.context_window)
+            input_tokens = count_request_tokens(params, spec)
+        except PdfBlockError as exc:
+            return errored("invalid_request_error", str(exc))
         markers = {m.group(1): m.group(2) for m in MARKER.finditer(text)}
         if "error" in markers:
             return errored(markers["error"] or "api_error", "simulated failure requested by a [[simulate:error]] marker")
         if "expired" in markers:
             return {"type": "expired"}
-        input_tokens = count_request_tokens(params, spec)
         if input_tokens > spec.context_window:
             return errored("invalid_request_error",
                            f"prompt is too long: {input_tokens} tokens > {spec.context_window} maximum")

@@ -18,7 +18,7 @@ LABEL = (
     "outline quoting the document's own sentences, for testing the pipeline."
 )
 
-_DOC = re.compile(r"<document[^>]*>\n?(.*?)\n?</document>", re.S)
+_DOC = re.compile(r"<document[^>]*>\n?(.*?)\n?</document>|<part_reports[^>]*>\n?(.*?)\n?</part_reports>", re.S)
 _PAGE = re.compile(r"^--- Page (\d+) ---$", re.M)
 _HEADING = re.compile(r"^#{1,3} +(.+)$", re.M)
 _SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+|(?<=[。！？])")
@@ -32,10 +32,18 @@ def _sentences(body: str) -> list[str]:
 
 def document_text(user_text: str) -> str:
     m = _DOC.search(user_text)
-    return m.group(1) if m else user_text
+    if not m:
+        return user_text
+    return m.group(1) if m.group(1) is not None else m.group(2)
+
+
+_PART_REPORT = re.compile(r'<part_report index="(\d+)" covers="([^"]*)">\n?(.*?)</part_report>', re.S)
 
 
 def _sections(text: str) -> list[tuple[str, str]]:
+    reports = _PART_REPORT.findall(text)
+    if reports:  # combining part reports: one section per part
+        return [(f"Part {i} ({covers})", body) for i, covers, body in reports]
     pages = _PAGE.split(text)
     if len(pages) > 1:  # ["", "1", page1, "2", page2, ...]
         return [(f"Page {pages[i]}", pages[i + 1]) for i in range(1, len(pages) - 1, 2)]

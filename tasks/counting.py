@@ -37,17 +37,18 @@ def count_near_limits(
     todo = wanted - set(cache)
     if not todo:
         return cache
-    by_key = {count_key(model.id, d, p): (d, p) for d in documents for p in prompts}
+    by_key = {count_key(model.id, d, p, native): (d, p, native)
+              for d in documents for p in prompts for native in (False, True)}
     interval = 60.0 / per_minute if per_minute > 0 else 0.0
     last = 0.0
     for key in sorted(todo):
-        doc, prompt = by_key[key]
+        doc, prompt, native = by_key[key]
         wait = last + interval - time.monotonic()
         if wait > 0:
             time.sleep(wait)
         last = time.monotonic()
         try:
-            counted = client.messages.count_tokens(**count_params(doc, prompt, model)).input_tokens
+            counted = client.messages.count_tokens(**count_params(doc, prompt, model, native)).input_tokens
         except Exception as exc:  # noqa: BLE001 - a transient failure leaves the estimate in charge
             from tasks.batches import is_transient
 

@@ -41,6 +41,7 @@ class Document:
     body: str  # the text as sent to the model (page markers included)
     body_cl100k: int  # cl100k tokens of `body`, counted once here
     notes: tuple[str, ...] = field(default=())  # things handled that the user should know
+    location: str = ""  # the file's absolute path, for native PDF mode (which sends the file itself)
 
     @property
     def page_count(self) -> int | None:
@@ -117,7 +118,8 @@ def read_document(path: Path, inbox: Path) -> Document | IngestFailure:
             )
     except _Unreadable as exc:
         return IngestFailure(doc_id, rel, sha, len(data), exc.category, exc.reason)
-    return Document(doc_id, rel, kind, sha, len(data), tuple(pages), body, cl100k_count(body), tuple(notes))
+    return Document(doc_id, rel, kind, sha, len(data), tuple(pages), body, cl100k_count(body), tuple(notes),
+                    str(path.resolve()))
 
 
 def _decode_text(data: bytes) -> tuple[str, list[str]]:

@@ -97,9 +97,9 @@ def longbatch_cmd() -> list[str]:
 
 
 @pytest.fixture
-def standalone_simulator(tmp_path):
+def standalone_simulator(tmp_path, request):
     """`longbatch simulator` as its own process; its state dir is the record of every create.
-    Yields (base URL, state dir)."""
+    Yields (base URL, state dir). `@pytest.mark.sim_env(NAME=value)` adds LONGBATCH_SIM_* settings."""
     import subprocess
     import time
 
@@ -107,9 +107,11 @@ def standalone_simulator(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     state = tmp_path / "simstate"
+    marker = request.node.get_closest_marker("sim_env")
+    extra = marker.kwargs if marker else {}
     proc = subprocess.Popen([*longbatch_cmd(), "simulator", "--port", str(port), "--processing-seconds", "0.4",
                              "--output-tokens", "400", "--state-dir", str(state)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(**extra))
     deadline = time.time() + 60
     while True:
         try:

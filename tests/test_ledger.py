@@ -57,6 +57,9 @@ def test_opening_a_v1_ledger_migrates_it(tmp_path):
     db = tmp_path / "ledger.sqlite"
     with sqlite3.connect(db) as conn:  # make it what schema 1 wrote
         conn.execute("ALTER TABLE batches DROP COLUMN adopted")
+        conn.execute("ALTER TABLE requests DROP COLUMN meta")  # schema 4
+        conn.execute("DROP TABLE reductions")  # schema 4
+        conn.execute("DROP TABLE token_counts")  # schema 3
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
         conn.execute("INSERT INTO batches (id, state, betas, request_count, intent_at) VALUES ('lb_old', 'submitted', '', 3, 1.0)")
     ledger = Ledger.for_data_dir(tmp_path)
@@ -64,6 +67,25 @@ def test_opening_a_v1_ledger_migrates_it(tmp_path):
     assert old.id == "lb_old" and old.adopted is False
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+
+
+def test_opening_a_v3_ledger_keeps_its_requests_and_adds_split_support(tmp_path):
+    ledger = Ledger.for_data_dir(tmp_path)
+    assert ledger.claim(request_row())
+    ledger.close()
+    db = tmp_path / "ledger.sqlite"
+    with sqlite3.connect(db) as conn:  # what schema 3 wrote: no requests.meta, no reductions
+        conn.execute("ALTER TABLE requests DROP COLUMN meta")
+        conn.execute("DROP TABLE reductions")
+        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    ledger = Ledger.for_data_dir(tmp_path)
+    [row] = ledger.requests_in_state("queued")
+    assert row["meta"] is None and row["fingerprint"] == request_row()["fingerprint"]
+    node = {"key": "k1", "final_key": "k1", "custom_id": "doc--report-f", "source": "a.txt", "prompt": "report",
+            "role": "final"}
+    assert ledger.claim_reduction(node) and not ledger.claim_reduction(node)  # one recipe, claimed once
+    assert [r["key"] for r in ledger.reductions_in_state("waiting")] == ["k1"]
+    ledger.close()
 
 
 def test_a_newer_ledger_is_refused_with_advice(tmp_path):

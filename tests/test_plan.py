@@ -83,7 +83,7 @@ def test_custom_ids_follow_api_rule(doc_id, prompt):
     cid = make_custom_id(doc_id, prompt)
     assert CUSTOM_ID_RE.match(cid) and len(cid) <= 64
     assert make_custom_id(doc_id, prompt) == cid  # deterministic
-    assert make_custom_id(doc_id, prompt, part=3) != cid
+    assert make_custom_id(doc_id, prompt, "p3") != cid
 
 
 def test_long_prompt_names_stay_distinct():

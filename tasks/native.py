@@ -1,0 +1,98 @@
+"""Native PDF mode: the PDF itself goes to the model as a `document` content block (base64),
+so tables, figures and layout are seen as the page shows them, not as extracted text.
+
+The API turns each page into its extracted text plus an image of the page, so a page costs its
+text tokens plus image tokens. Per request: at most 32 MB, and 600 pages on a 1M-token window
+(100 pages below). A PDF over any limit is sent in page ranges, each written as its own PDF.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from longbatch.catalog import ModelSpec
+from longbatch.errors import LongbatchError
+from longbatch.tokens import CALIBRATION, ERROR_BAND, cl100k_count
+from tasks.ingest import Document
+
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+# Room kept in those 32 MB for the JSON around the base64 and the instructions.
+REQUEST_BYTES_MARGIN = 64 * 1024
+PAGES_ON_1M_WINDOW = 600
+PAGES_BELOW_1M_WINDOW = 100
+# Image tokens per page: about width x height / 750 once scaled to at most 1568 px on the long
+# edge, and an image over ~1,600 tokens is scaled down first (vision docs): so ~1,600 for a
+# letter page, the estimate; the bound keeps 10 % over that cap.
+PAGE_IMAGE_TOKENS = 1_600
+PAGE_IMAGE_TOKENS_UPPER = 1_760
+
+
+class PdfChangedError(LongbatchError):
+    pass
+
+
+def page_limit(model: ModelSpec) -> int:
+    return PAGES_ON_1M_WINDOW if model.context_window >= 1_000_000 else PAGES_BELOW_1M_WINDOW
+
+
+@dataclass(frozen=True)
+class PageCost:
+    estimate: int
+    upper: int
+
+
+def page_costs(doc: Document, model: ModelSpec) -> list[PageCost]:
+    """What each page costs as a document block: its text tokens plus its image."""
+    factor = CALIBRATION[model.tokenizer]
+    out = []
+    for text in doc.pages:
+        cl100k = cl100k_count(text)
+        out.append(PageCost(math.ceil(cl100k * factor) + PAGE_IMAGE_TOKENS,
+                            math.ceil(cl100k * factor * (1 + ERROR_BAND)) + PAGE_IMAGE_TOKENS_UPPER))
+    return out
+
+
+def read_pdf(doc: Document) -> bytes:
+    """The PDF as ingested: refused if the file changed since (the plan would not match it)."""
+    data = Path(doc.location).read_bytes()
+    if hashlib.sha256(data).hexdigest() != doc.sha256:
+        raise PdfChangedError(f"{doc.source} changed since it was read; run again to plan the new version")
+    return data
+
+
+def pdf_for_pages(doc: Document, first: int, last: int) -> bytes:
+    """Pages first..last (1-based) as a PDF to send. The whole file as it is when nothing
+    needs changing; otherwise pages copied into a new, unencrypted PDF (the API refuses
+    encrypted PDFs; an owner-restricted one was opened with the empty password at ingest)."""
+    from pypdf import PdfReader, PdfWriter
+
+    data = read_pdf(doc)
+    reader = PdfReader(io.BytesIO(data))
+    if first == 1 and last == len(reader.pages) and not reader.is_encrypted:
+        return data
+    if reader.is_encrypted:
+        reader.decrypt("")
+    writer = PdfWriter()
+    for page in reader.pages[first - 1: last]:
+        writer.add_page(page)
+    out = io.BytesIO()
+    writer.write(out)  # deterministic: the same pages give the same bytes (no /ID, no dates)
+    return out.getvalue()
+
+
+def document_block(pdf: bytes, title: str) -> dict:
+    return {"type": "document", "title": title[:500],
+            "source": {"type": "base64", "media_type": "application/pdf",
+                       "data": base64.standard_b64encode(pdf).decode("ascii")}}
+
+
+def identity_block(doc: Document, first: int, last: int, title: str) -> dict:
+    """Stands in for the base64 in a request's fingerprint: the same pages of the same file are
+    the same work, whatever bytes a pypdf version writes for them."""
+    return {"type": "document", "title": title[:500], "source": {"type": "pages", "sha256": doc.sha256,
+                                                                  "pages": [first, last]}}
