@@ -59,7 +59,10 @@ def page_costs(doc: Document, model: ModelSpec) -> list[PageCost]:
 
 def read_pdf(doc: Document) -> bytes:
     """The PDF as ingested: refused if the file changed since (the plan would not match it)."""
-    data = Path(doc.location).read_bytes()
+    try:
+        data = Path(doc.location).read_bytes()
+    except OSError as exc:
+        raise PdfChangedError(f"{doc.source} can no longer be read ({exc.strerror}); run again") from exc
     if hashlib.sha256(data).hexdigest() != doc.sha256:
         raise PdfChangedError(f"{doc.source} changed since it was read; run again to plan the new version")
     return data

@@ -25,7 +25,7 @@ from tasks.fit import WINDOW_MARGIN, check_fit, needs_exact_count
 from tasks.ingest import Document, IngestFailure
 from tasks.packing import MAX_BODY_BYTES, BatchPlan, pack
 from tasks.prompts import SYSTEM_PROMPT, Prompt
-from tasks.native import MAX_REQUEST_BYTES, REQUEST_BYTES_MARGIN, page_costs, page_limit
+from tasks.native import MAX_REQUEST_BYTES, REQUEST_BYTES_MARGIN, PdfChangedError, page_costs, page_limit
 from tasks.split import Locator, Part, Unit, balanced_parts, pack_parts, page_spans, part_body, split_units
 
 READY = "ready"
@@ -98,6 +98,7 @@ class ReduceNode:
     extra_betas: tuple[str, ...]
     input_upper: int  # the most its input can be: every child using its whole grant
     final_key: str = ""
+    pdf_mode: str = "text"  # how the parts read the document (the steps read part reports)
 
     def record(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -158,10 +159,16 @@ def make_plan(
                 continue
             native = pdf_mode == "native" and item.kind == "pdf"
             plan_one = _plan_native_one if native else _plan_one
-            row, request = plan_one(item, prompt, model, requested_output, min_output, exact_counts or {},
-                                    extra_betas)
-            if row.status == NOT_FIT and not row.needs_exact:
-                split = _plan_split(item, prompt, model, requested_output, min_output, extra_betas, row, native)
+            try:
+                row, request = plan_one(item, prompt, model, requested_output, min_output, exact_counts or {},
+                                        extra_betas)
+                split = (_plan_split(item, prompt, model, requested_output, min_output, extra_betas, row, native)
+                         if row.status == NOT_FIT and not row.needs_exact else None)
+            except PdfChangedError as exc:  # native mode reads the file again: it must be the one ingested
+                rows.append(PlanRow(item.doc_id, item.source, item.kind, prompt.name, model.id, FAILED, str(exc),
+                                    item.page_count, item.chars, sha256=item.sha256))
+                continue
+            if split is not None:
                 if isinstance(split, str):
                     row = dataclasses.replace(row, reason=f"{row.reason}; and it cannot be split: {split}")
                 else:
@@ -341,6 +348,7 @@ def _plan_split(
     nodes = _reduce_tree(doc, prompt, model, asked, floor, free, reduce_wrap, parts, requests, extra_betas)
     if isinstance(nodes, str):
         return nodes
+    nodes = [dataclasses.replace(n, pdf_mode="native" if native else "text") for n in nodes]
     return _split_rows(doc, base, model, parts, inputs, requests, nodes), requests, nodes
 
 

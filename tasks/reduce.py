@@ -116,6 +116,7 @@ def build_reduce_request(ledger: Ledger, node: dict[str, Any], data_dir: Path) -
     text = render_reduce_message(node["source"], node["pages"], node["covers"], [(c.covers, c.text) for c in children],
                                  final, prompt, grant)
     meta = {"role": node["role"], "index": node["index"], "reduction": node["key"], "covers": node["covers"],
+            "pdf_mode": node.get("pdf_mode", "text"),
             "leaf_covers": node["leaf_covers"],
             "children": [{"covers": c.covers, "custom_id": c.custom_id, "fingerprint": c.fingerprint,
                           "report": c.report} for c in children],
