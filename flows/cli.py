@@ -315,6 +315,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         if n:
             states[state] = n
     print("Requests: " + (", ".join(f"{v} {k}" for k, v in states.items()) or "none"))
+    steps = {state: len(ledger.reductions_in_state(state)) for state in ("waiting", "built", "failed")}
+    if any(steps.values()):
+        print("Steps combining part reports: " + ", ".join(f"{v} {k}" for k, v in steps.items() if v)
+              + " (waiting = some parts not done yet)")
     ledger.close()
     return 0
 

@@ -13,6 +13,8 @@ import hashlib
 import io
 import math
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 from pathlib import Path
 
 from longbatch.catalog import ModelSpec
@@ -72,20 +74,35 @@ def pdf_for_pages(doc: Document, first: int, last: int) -> bytes:
     """Pages first..last (1-based) as a PDF to send. The whole file as it is when nothing
     needs changing; otherwise pages copied into a new, unencrypted PDF (the API refuses
     encrypted PDFs; an owner-restricted one was opened with the empty password at ingest)."""
-    from pypdf import PdfReader, PdfWriter
+    from pypdf import PdfWriter
 
-    data = read_pdf(doc)
-    reader = PdfReader(io.BytesIO(data))
+    data, reader = _opened(doc)
     if first == 1 and last == len(reader.pages) and not reader.is_encrypted:
         return data
-    if reader.is_encrypted:
-        reader.decrypt("")
     writer = PdfWriter()
     for page in reader.pages[first - 1: last]:
         writer.add_page(page)
     out = io.BytesIO()
     writer.write(out)  # deterministic: the same pages give the same bytes (no /ID, no dates)
     return out.getvalue()
+
+
+@lru_cache(maxsize=2)
+def _opened_cached(location: str, sha256: str, source: str) -> tuple[bytes, Any]:
+    from pypdf import PdfReader
+
+    doc = Document("", source, "pdf", sha256, 0, (), "", 0, location=location)
+    data = read_pdf(doc)
+    reader = PdfReader(io.BytesIO(data))
+    if reader.is_encrypted:
+        reader.decrypt("")
+    return data, reader
+
+
+def _opened(doc: Document) -> tuple[bytes, Any]:
+    """The file (checked against the ingested hash) and a reader on it, kept while one
+    document's page ranges are written: each range would otherwise parse the whole PDF again."""
+    return _opened_cached(doc.location, doc.sha256, doc.source)
 
 
 def document_block(pdf: bytes, title: str) -> dict:

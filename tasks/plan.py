@@ -329,17 +329,18 @@ def _plan_split(
     if len(parts) > MAX_PARTS:
         return f"it would take {len(parts):,} parts, more than {MAX_PARTS}"
 
-    def input_of(part: Part) -> tuple[int, int]:
-        """(estimate, upper bound) of a part's input tokens."""
+    def input_of(part: Part) -> tuple[int, int, int]:
+        """(estimate, upper bound) of a part's input tokens, and its text's cl100k tokens."""
         if native:
             pages = costs[part.first_page - 1: part.last_page]
-            return sum(c.estimate for c in pages) + part_wrap, sum(c.upper for c in pages) + part_wrap
+            return (sum(c.estimate for c in pages) + part_wrap, sum(c.upper for c in pages) + part_wrap,
+                    cl100k_count(part_body(doc, part)))
         est = estimate_from_cl100k(part.cl100k, model.tokenizer)
-        return est.estimate + part_wrap, est.upper + part_wrap
+        return est.estimate + part_wrap, est.upper + part_wrap, part.cl100k
 
     inputs = [input_of(p) for p in parts]
-    if any(upper + grant > free for _, upper in inputs):  # a page or a join bigger than counted
-        return f"{sum(u + grant > free for _, u in inputs)} part(s) would not fit after splitting"
+    if any(upper + grant > free for _, upper, _ in inputs):  # a page or a join bigger than counted
+        return f"{sum(u + grant > free for _, u, _ in inputs)} part(s) would not fit after splitting"
     requests = [_part_request(doc, part, prompt, model, grant, extra_betas, native) for part in parts]
     heavy = [p for p, r in zip(parts, requests) if native and r.body_bytes > NATIVE_MAX_BYTES]
     if heavy:
@@ -425,15 +426,15 @@ def _even_groups(items: list, count: int) -> list[list]:
     return out
 
 
-def _split_rows(doc: Document, base: PlanRow, model: ModelSpec, parts: list[Part], inputs: list[tuple[int, int]],
-                requests: list[PlannedRequest], nodes: list[ReduceNode]) -> list[PlanRow]:
+def _split_rows(doc: Document, base: PlanRow, model: ModelSpec, parts: list[Part],
+                inputs: list[tuple[int, int, int]], requests: list[PlannedRequest],
+                nodes: list[ReduceNode]) -> list[PlanRow]:
     part_rows = []
-    for part, (estimate, upper), req in zip(parts, inputs, requests):
+    for part, (estimate, upper, cl100k), req in zip(parts, inputs, requests):
         pages = part.last_page - part.first_page + 1 if part.first_page and part.last_page else None
-        body = part_body(doc, part)
         part_rows.append(PlanRow(
-            doc.doc_id, doc.source, doc.kind, base.prompt, model.id, PART, None, pages, len(body),
-            cl100k_count(body), estimate, upper, req.max_tokens, ",".join(req.betas),
+            doc.doc_id, doc.source, doc.kind, base.prompt, model.id, PART, None, pages, part.end - part.start,
+            cl100k, estimate, upper, req.max_tokens, ",".join(req.betas),
             round(batch_cost_usd(model, estimate, 0), 6),
             round(batch_cost_usd(model, estimate, req.max_tokens), 6), req.custom_id, sha256=doc.sha256,
             part=f"{part.index}/{part.count}", covers=part.covers + (" (cut at whitespace)" if part.hard_cut else "")))

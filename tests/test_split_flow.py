@@ -3,6 +3,7 @@ over the real SDK and HTTP against the simulator, with real Prefect flow runs.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import signal
@@ -15,11 +16,14 @@ import pytest
 
 from conftest import cli_env, longbatch_cmd
 from flows.process import RunParameters, collect_batches, process_documents
+from longbatch.catalog import get_model
 from longbatch.failpoints import SPLIT_POINTS
 from longbatch.ledger import Ledger
 from simulator.engine import SimConfig
 from simulator.server import SimulatorServer
 from tasks.ingest import read_document
+from tasks.plan import make_plan
+from tasks.prompts import load_prompts
 from test_split import ends_cleanly
 
 # Small windows (the service's facts, from its Models API) make small documents split, fast.
@@ -177,6 +181,33 @@ def test_no_wait_then_collect_finishes_and_a_rerun_sends_nothing(data_dir, monke
     assert done["status"] == "complete" and done["parts"] >= 2
     assert done["cost_usd"] > 0 and done["output_tokens"] > 300  # every part's output and the final's
     assert again.fingerprint == final["fingerprint"]
+
+
+def test_the_budget_counts_every_part_and_step_and_status_shows_steps(data_dir, monkeypatch, capsys):
+    from flows.cli import main
+    from flows.process import BudgetExceededError
+
+    (data_dir / "inbox" / "minutes.txt").write_text(minutes(250), encoding="utf-8")
+    # The plan the run will make (the service reports a 30K window): parts, then the final step.
+    model = dataclasses.replace(get_model("claude-sonnet-4-6"), context_window=30_000)
+    offline = make_plan([read_document(data_dir / "inbox" / "minutes.txt", data_dir / "inbox")],
+                        load_prompts(["report"], data_dir), model, 2_000, 8_192)
+    parts_cost = sum(r.max_cost_usd for r in offline.rows if r.status == "part")
+    step_cost = sum(r.max_cost_usd for r in offline.rows if r.status == "reduce")
+    assert parts_cost > 0 and step_cost > 0
+    with SimulatorServer(SimConfig(processing_seconds=0.2, output_tokens=300, model_overrides=SMALL_WINDOW)) as server:
+        api_env(monkeypatch, server)
+        with pytest.raises(BudgetExceededError, match="could cost up to"):  # parts fit the budget; the step not
+            process_documents(RunParameters(data_dir=str(data_dir), max_output_tokens=2_000,
+                                            budget_usd=parts_cost + step_cost / 2))
+        assert not server.sim.create_log
+        process_documents(RunParameters(data_dir=str(data_dir), max_output_tokens=2_000, wait=False))
+    ledger = Ledger.for_data_dir(data_dir)
+    plan = json.loads(ledger.plan()[0]["data"])
+    ledger.close()
+    assert plan["parts"] >= 2 and plan["max_cost_usd"] == pytest.approx(parts_cost + step_cost, abs=1e-5)
+    assert main(["status", "--data-dir", str(data_dir)]) == 0
+    assert "Steps combining part reports: 1 waiting" in capsys.readouterr().out
 
 
 @pytest.mark.sim_env(LONGBATCH_SIM_MODEL_OVERRIDES=json.dumps(SMALL_WINDOW))
