@@ -86,8 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="the main job: ingest, check fit, submit batches, wait, write reports",
                          description="Ingest every document in the inbox, check each fits the model's context "
-                                     "window with its output budget, submit batches, wait, and write "
-                                     "reports/<document>/<prompt>.md, .json and reports/summary.csv.")
+                                     "window with its output budget (a document that does not is read in parts "
+                                     "whose reports are combined by a second batch), submit batches, wait, and "
+                                     "write reports/<document>/<prompt>.md, .json and reports/summary.csv.")
     _common(run)
     _planning(run)
     run.add_argument("--simulate", action="store_true",
@@ -99,8 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="everything up to submission, nothing sent: sizes, tokens, fit, cost",
                           description="Show, per document and prompt, its size, estimated tokens, whether it "
-                                      "fits, the granted max_tokens, its batch and the cost estimate. Nothing "
-                                      "is sent; the table is also written to DATA_DIR/plan.csv.")
+                                      "fits, the granted max_tokens, its batch and the cost estimate; a document "
+                                      "too long for one request shows the parts it is read in and the steps "
+                                      "combining their reports. Nothing is sent; the table is also written to "
+                                      "DATA_DIR/plan.csv.")
     _common(plan)
     _planning(plan)
     plan.add_argument("--simulate", action="store_true",

@@ -63,7 +63,7 @@ def _read(_digest: str, data: bytes) -> PdfContent:  # keyed by digest: count_to
         pages, images = [], 0
         for page in reader.pages:
             pages.append(page.extract_text() or "")
-            w, h = float(page.mediabox.width), float(page.mediabox.height)
+            w, h = abs(float(page.mediabox.width)), abs(float(page.mediabox.height))  # boxes may be flipped
             scale = LONG_EDGE_PX / max(w, h, 1.0)
             images += min(MAX_IMAGE_TOKENS, math.ceil(w * scale * h * scale / 750))
     except PdfReadError as exc:

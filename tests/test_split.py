@@ -162,6 +162,27 @@ def test_same_split_plan_twice_gives_the_same_keys(prompts):
     assert {n.key for n in c.reductions}.isdisjoint(n.key for n in a.reductions)
 
 
+def test_a_part_is_rebuilt_identically_from_the_inbox(prompts, tmp_path):
+    import json
+
+    from tasks.plan import rebuild_request
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "book.md").write_text(book(chapters=60, paragraphs=10, sentences=40), encoding="utf-8")
+    doc = read_document(inbox / "book.md", inbox)
+    plan = make_plan([doc], prompts, get_model("claude-sonnet-4-5"), 16_000, 4_096)
+    assert len(plan.requests) >= 2
+    for req in plan.requests:
+        row = {"source": doc.source, "sha256": doc.sha256, "prompt": req.prompt, "model": req.model,
+               "max_tokens": req.max_tokens, "betas": ",".join(req.betas), "fingerprint": req.fingerprint,
+               "meta": json.dumps(req.meta)}
+        again = rebuild_request(row, inbox, tmp_path)
+        assert not isinstance(again, str) and again.fingerprint == req.fingerprint
+    (inbox / "book.md").write_text("changed", encoding="utf-8")
+    assert "changed since it was planned" in rebuild_request(row, inbox, tmp_path)
+
+
 def test_a_window_too_small_for_any_part_is_refused_with_reasons(prompts):
     doc = text_doc(book(chapters=60, paragraphs=10, sentences=40))
     # A 70K window asked for 64K of output per step leaves no room for parts of useful size.
