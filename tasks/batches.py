@@ -152,7 +152,13 @@ def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger, create_
 
     # 1. Ended candidates: their custom_ids decide.
     for batch in [b for b in candidates if b.processing_status == "ended" and any(fits(r, b) for r in unknown)]:
-        archive = download_results(client, batch.id, results_dir)
+        try:
+            archive = download_results(client, batch.id, results_dir)
+        except anthropic.NotFoundError:
+            # Listed but not yet retrievable: a batch can answer 404 for a few seconds after
+            # create. It stays a candidate; the next round looks again.
+            log.info("batch %s is listed but not retrievable yet; looking again next round", batch.id)
+            continue
         ids = {json.loads(line)["custom_id"] for line in archive.read_bytes().splitlines() if line.strip()}
         owner = next((r for r in unknown if fits(r, batch) and set(ledger.members(r.id)) == ids), None)
         if owner is not None:

@@ -184,3 +184,26 @@ def test_two_lost_creates_of_equal_size_are_told_apart_by_custom_ids(tmp_path, m
         assert ledger.request("a" * 64)["state"] == "queued"  # only the lost one goes out again
         assert ledger.request("b" * 64)["state"] == "submitted"
         ledger.close()
+
+
+def test_a_lost_create_whose_batch_is_listed_but_not_yet_retrievable_is_adopted_later(tmp_path, monkeypatch):
+    """Every create's answer is lost; the batch ends at once but answers 404 for 2 s (the
+    service's visibility lag). Recovery must wait for it, not fail the run or resend."""
+    config = SimConfig(processing_seconds=0.0, output_tokens=200, drop_after_create_rate=1.0,
+                       not_found_after_create_seconds=2.0)
+    data_dir = tmp_path / "data"
+    (data_dir / "inbox").mkdir(parents=True)
+    (data_dir / "inbox" / "memo.txt").write_text(PROSE, encoding="utf-8")
+    monkeypatch.setenv("LONGBATCH_POLL_INITIAL_SECONDS", "0.2")
+    monkeypatch.setenv("LONGBATCH_POLL_MAX_SECONDS", "0.5")
+    monkeypatch.setenv("LONGBATCH_CREATE_GRACE_SECONDS", "30")
+    from flows.process import RunParameters, process_documents
+
+    with SimulatorServer(config) as server:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-lag-test")
+        result = process_documents(RunParameters(data_dir=str(data_dir), max_output_tokens=1_000))
+        created = [cid for _, ids in server.sim.create_log for cid in ids]
+        assert server.sim.faults.get("create:dropped", 0) >= 1
+    assert result["by_status"] == {"complete": 1}
+    assert len(created) == 1  # adopted once visible: never sent again
