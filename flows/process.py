@@ -111,8 +111,8 @@ def api_session(settings: Settings) -> Iterator[anthropic.Anthropic]:
 # -- tasks: thin wrappers around the stages -------------------------------------------------
 
 @task(name="ingest-document", cache_policy=NO_CACHE)
-def ingest_document(path: Path, inbox: Path) -> Document | IngestFailure:
-    item = read_document(path, inbox)
+def ingest_document(path: Path, inbox: Path, native_pdf: bool = False) -> Document | IngestFailure:
+    item = read_document(path, inbox, native_pdf)
     if isinstance(item, IngestFailure):
         get_run_logger().warning("%s: %s (%s)", item.source, item.reason, item.category)
     return item
@@ -332,7 +332,7 @@ def build_plan(params: RunParameters, settings: Settings,
     model = get_model(settings.model)
     prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = params.inbox_path
-    items = [read_document(path, inbox) for path in discover(inbox)]
+    items = [read_document(path, inbox, settings.pdf_mode == "native") for path in discover(inbox)]
     if client is not None:
         model = model_from_api(client, settings.model)
     plan = plan_with(items, prompts, model, settings)
@@ -358,7 +358,8 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
     logger.info("inbox %s: %d file(s); model %s; prompts %s", inbox, len(paths), model.id,
                 ", ".join(p.name for p in prompts))
 
-    items = ingest_document.map(paths, inbox=inbox).result() if paths else []
+    native = settings.pdf_mode == "native"
+    items = ingest_document.map(paths, inbox=inbox, native_pdf=native).result() if paths else []
     for warning in normalize_betas(settings.betas)[1]:
         logger.warning(warning)
     plan = plan_task(items, prompts, model, settings)

@@ -88,7 +88,9 @@ def make_doc_id(rel: str, sha256: str) -> str:
     return f"{slugify(rel.rsplit('.', 1)[0], 32)}-{sha256[:12]}"
 
 
-def read_document(path: Path, inbox: Path) -> Document | IngestFailure:
+def read_document(path: Path, inbox: Path, native_pdf: bool = False) -> Document | IngestFailure:
+    """`native_pdf`: the PDF itself will be sent (native mode), so a scan without a text layer
+    is readable: the model sees the page images."""
     rel = path.relative_to(inbox).as_posix()
     try:
         size = path.stat().st_size
@@ -106,7 +108,7 @@ def read_document(path: Path, inbox: Path) -> Document | IngestFailure:
     try:
         if suffix in PDF_SUFFIXES:
             kind = "pdf"
-            pages, notes = _pdf_pages(data)
+            pages, notes = _pdf_pages(data, native_pdf)
             body = "\n\n".join(f"--- Page {i} ---\n{text}" for i, text in enumerate(pages, 1))
         elif suffix in TEXT_SUFFIXES | MARKDOWN_SUFFIXES:
             kind = "markdown" if suffix in MARKDOWN_SUFFIXES else "text"
@@ -157,7 +159,7 @@ def _guess_decode(data: bytes) -> tuple[str, str]:
         ) from None
 
 
-def _pdf_pages(data: bytes) -> tuple[list[str], list[str]]:
+def _pdf_pages(data: bytes, images_are_read: bool = False) -> tuple[list[str], list[str]]:
     import io
 
     from pypdf import PdfReader
@@ -223,6 +225,10 @@ def _pdf_pages(data: bytes) -> tuple[list[str], list[str]]:
         )
     # Little text is fine on a short text-only page; little text over pages of images is a scan.
     if chars == 0 or (chars < MIN_CHARS_PER_PAGE * len(pages) and image_pages * 2 >= len(pages)):
+        if images_are_read:
+            notes.append(f"almost no text layer ({chars} characters over {len(pages)} pages): the model reads "
+                         "the page images")
+            return pages, notes
         raise _Unreadable(
             "no_text",
             f"almost no extractable text ({chars} characters over {len(pages)} pages): it looks scanned or "

@@ -466,11 +466,11 @@ def rebuild_request(row: dict, inbox: Path, data_dir: Path) -> PlannedRequest | 
     path = inbox / row["source"]
     if not path.is_file():
         return f"{row['source']} is no longer in the inbox ({inbox})"
-    doc = read_document(path, inbox)
+    step = json.loads(row["meta"]) if row.get("meta") else None
+    doc = read_document(path, inbox, native_pdf=bool(step) and step.get("pdf_mode") == "native")
     if isinstance(doc, IngestFailure) or doc.sha256 != row["sha256"]:
         return f"{row['source']} changed since it was planned; `longbatch run` plans the new version"
     betas = tuple(b for b in row["betas"].split(",") if b)
-    step = json.loads(row["meta"]) if row.get("meta") else None
     try:
         prompt, model = load_prompt(row["prompt"], data_dir), get_model(row["model"])
         native = bool(step) and step.get("pdf_mode") == "native"

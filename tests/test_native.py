@@ -172,3 +172,17 @@ def test_a_long_real_pdf_goes_through_text_and_native_mode(corpus, tmp_path, mon
 
     assert json.loads(native_md.with_suffix(".json").read_text())["pdf_mode"] == "native"
     assert json.loads(text_md.with_suffix(".json").read_text())["pdf_mode"] == "text"
+
+
+def test_a_scan_without_text_is_refused_as_text_but_read_natively(prompts, corpus, client):
+    path = corpus / "pdf/scanned_image_only_ccitt_irs_i1040nr_24p.pdf"
+    as_text = read_document(path, path.parent)
+    assert not isinstance(as_text, Document) and as_text.category == "no_text" and "OCR" in as_text.reason
+    doc = read_document(path, path.parent, native_pdf=True)
+    assert isinstance(doc, Document) and len(doc.pages) == 24
+    assert any("reads the page images" in note for note in doc.notes)
+    model = get_model("claude-sonnet-4-6")
+    (row,) = make_plan([doc], prompts, model, 8_000, 4_096, pdf_mode="native").rows
+    assert row.status == READY and row.est_input_tokens >= 24 * 1_600
+    counted = client.messages.count_tokens(**count_params(doc, prompts[0], model, native=True)).input_tokens
+    assert counted <= row.upper_input_tokens and counted >= 24 * 1_000  # the page images are what it costs
