@@ -230,7 +230,8 @@ def test_retired_context_1m_beta_is_dropped_and_others_kept(tmp_path):
     assert req.betas == ("some-feature-2026-01-01",) and "betas" not in req.params
 
 
-def test_one_document_three_models_three_correct_plans(tmp_path, corpus):
+def test_one_document_three_models_three_correct_plans(tmp_path, corpus, client):
+    from tasks.counting import count_near_limits
     from tasks.ingest import read_document
 
     book = read_document(corpus / "pdf/long_freeculture_lessig_2004_352p.pdf", corpus)  # ~195K cl100k tokens
@@ -242,4 +243,12 @@ def test_one_document_three_models_three_correct_plans(tmp_path, corpus):
         assert row.upper_input_tokens + row.granted_max_tokens <= window
     s45 = plans["claude-sonnet-4-5"]
     assert s45.status == NOT_FIT and "200,000" in s45.reason  # 296K upper bound > a 200K window
+    assert s45.needs_exact  # ... but only by the estimate: count_tokens decides
+    offline = make_plan([book], [prompt], SONNET45, None, 8_192)
+    counts = count_near_limits(client, offline, [book], [prompt], SONNET45, {}, per_minute=0)
+    split = make_plan([book], [prompt], SONNET45, None, 8_192, counts)
+    assert split.rows[0].status == READY and split.rows[0].parts >= 2  # too long even counted: read in parts
+    for row in split.rows[1:]:
+        assert row.upper_input_tokens + row.granted_max_tokens <= 200_000
+    assert [r.part for r in split.rows[1:]][-1] == "final" and split.rows[0].granted_max_tokens == 64_000
     assert plans["claude-opus-4-6"].max_cost_usd > plans["claude-sonnet-4-6"].max_cost_usd  # $25 vs $15 output
