@@ -79,6 +79,19 @@ def test_text_without_any_sentence_end_is_cut_at_whitespace_and_says_so():
     assert all(doc.body[p.end - 1].isspace() or p.end == len(doc.body) for p in parts)
 
 
+def test_one_unbroken_run_of_characters_is_cut_and_nothing_is_lost():
+    import random
+    import string
+
+    rng = random.Random(7)
+    blob = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(400_000))  # minified data
+    doc = text_doc(blob)
+    parts = balanced_parts(doc, split_units(doc, 20_000), 20_000)
+    assert len(parts) >= 5 and all(p.hard_cut for p in parts)
+    assert "".join(doc.body[p.start:p.end] for p in parts) == blob
+    assert all(cl100k_count(doc.body[p.start:p.end]) <= 20_000 for p in parts)
+
+
 def test_pdf_parts_are_page_ranges():
     pages = [f"Page text {i}. " + "The board met and resolved the matter. " * 60 for i in range(1, 41)]
     doc = pdf_doc(pages)
