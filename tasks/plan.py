@@ -261,7 +261,7 @@ def _plan_native_one(
     if request.body_bytes > NATIVE_MAX_BYTES:
         return dataclasses.replace(base, status=NOT_FIT, needs_exact=False, reason=(
             f"the request would be {request.body_bytes / 2**20:.1f} MB; a native PDF request takes at most "
-            f"{NATIVE_MAX_BYTES / 2**20:.0f} MB")), None
+            f"{NATIVE_MAX_BYTES / 2**20:.1f} MB")), None
     return dataclasses.replace(
         base, granted_max_tokens=fit.granted, betas=",".join(request.betas), custom_id=request.custom_id,
         max_cost_usd=round(batch_cost_usd(model, expected, fit.granted), 6)), request
@@ -294,9 +294,9 @@ def _plan_split(
     reduce_wrap = _upper(SYSTEM_PROMPT + render_reduce_message(doc.source, doc.page_count, sample_covers, [], True,
                                                                prompt, asked), model)
 
-    def capacity(grant: int, shrink: float = 1.0) -> int:
+    def capacity(grant: int) -> int:
         """cl100k tokens of document text a part may hold when its report may use `grant`."""
-        return int((free - grant - part_wrap) / upper_per_cl100k * shrink)
+        return int((free - grant - part_wrap) / upper_per_cl100k)
 
     def child_budget(n: int, out: int) -> int:
         """The grant each of n children may have so their reports fit one step with `out` output."""
@@ -304,30 +304,16 @@ def _plan_split(
 
     if capacity(asked) < 1_000 or free - asked - reduce_wrap < floor:
         return f"the {model.id} window ({model.context_window:,} tokens) leaves no room for parts of useful size"
-    if native:  # whole pages only, each costing its text and its image; a page limit per request
+    max_pages: int | None = None
+    if native:  # whole pages only, each costing its text and its image; pages and bytes per request limited
         costs = page_costs(doc, model)
         units = [Unit(start, end, math.ceil(c.upper / upper_per_cl100k), False)
                  for (start, end), c in zip(page_spans(doc), costs)]
-        max_pages: int | None = page_limit(model)
+        # base64 adds a third; pages differ in size: start at what an average page allows, with room.
+        per_page = doc.size_bytes * 4 / 3 * 1.25 / max(len(doc.pages), 1)
+        max_pages = max(1, min(page_limit(model), int(NATIVE_MAX_BYTES / per_page)))
     else:
         units = split_units(doc, capacity(asked))
-        max_pages = None
-    grant, parts = 0, []
-    n = 2
-    while n <= MAX_PARTS:  # one combining step: more parts mean smaller grants, hence bigger parts
-        g = min(asked, child_budget(n, asked))
-        if g < floor:
-            break
-        parts = pack_parts(doc, units, capacity(g), max_units=max_pages)
-        if len(parts) <= n:
-            grant = g
-            break
-        n = len(parts)
-    if not grant:  # several levels: parts with a modest report each, combined in groups
-        grant = min(asked, max(floor, TREE_PART_OUTPUT))
-    parts = balanced_parts(doc, units, capacity(grant), max_pages)
-    if len(parts) > MAX_PARTS:
-        return f"it would take {len(parts):,} parts, more than {MAX_PARTS}"
 
     def input_of(part: Part) -> tuple[int, int, int]:
         """(estimate, upper bound) of a part's input tokens, and its text's cl100k tokens."""
@@ -338,13 +324,35 @@ def _plan_split(
         est = estimate_from_cl100k(part.cl100k, model.tokenizer)
         return est.estimate + part_wrap, est.upper + part_wrap, part.cl100k
 
-    inputs = [input_of(p) for p in parts]
-    if any(upper + grant > free for _, upper, _ in inputs):  # a page or a join bigger than counted
-        return f"{sum(u + grant > free for _, u, _ in inputs)} part(s) would not fit after splitting"
-    requests = [_part_request(doc, part, prompt, model, grant, extra_betas, native) for part in parts]
-    heavy = [p for p, r in zip(parts, requests) if native and r.body_bytes > NATIVE_MAX_BYTES]
-    if heavy:
-        return f"{heavy[0].covers} would be over {NATIVE_MAX_BYTES / 2**20:.0f} MB as one PDF request"
+    while True:
+        grant, parts = 0, []
+        n = 2
+        while n <= MAX_PARTS:  # one combining step: more parts mean smaller grants, hence bigger parts
+            g = min(asked, child_budget(n, asked))
+            if g < floor:
+                break
+            parts = pack_parts(doc, units, capacity(g), max_units=max_pages)
+            if len(parts) <= n:
+                grant = g
+                break
+            n = len(parts)
+        if not grant:  # several levels: parts with a modest report each, combined in groups
+            grant = min(asked, max(floor, TREE_PART_OUTPUT))
+        parts = balanced_parts(doc, units, capacity(grant), max_pages)
+        if len(parts) > MAX_PARTS:
+            return f"it would take {len(parts):,} parts, more than {MAX_PARTS}"
+        inputs = [input_of(p) for p in parts]
+        if any(upper + grant > free for _, upper, _ in inputs):  # a page or a join bigger than counted
+            return f"{sum(u + grant > free for _, u, _ in inputs)} part(s) would not fit after splitting"
+        requests = [_part_request(doc, part, prompt, model, grant, extra_betas, native) for part in parts]
+        heavy = [p for p, r in zip(parts, requests) if native and r.body_bytes > NATIVE_MAX_BYTES]
+        if not heavy:
+            break
+        if max_pages == 1:  # one page alone is over the limit
+            return (f"{heavy[0].covers} is over {NATIVE_MAX_BYTES / 2**20:.1f} MB as one PDF request "
+                    "(`--pdf-mode text` can still read the document)")
+        assert max_pages is not None
+        max_pages = max(1, max_pages * 2 // 3)  # some pages are heavier than average: smaller ranges
 
     nodes = _reduce_tree(doc, prompt, model, asked, floor, free, reduce_wrap, parts, requests, extra_betas)
     if isinstance(nodes, str):

@@ -186,3 +186,20 @@ def test_a_scan_without_text_is_refused_as_text_but_read_natively(prompts, corpu
     assert row.status == READY and row.est_input_tokens >= 24 * 1_600
     counted = client.messages.count_tokens(**count_params(doc, prompts[0], model, native=True)).input_tokens
     assert counted <= row.upper_input_tokens and counted >= 24 * 1_000  # the page images are what it costs
+
+
+def test_a_pdf_over_the_request_size_goes_in_smaller_page_ranges(prompts, corpus, monkeypatch):
+    import tasks.plan
+
+    # The 32 MB limit scaled down to this 1 MB paper (page 11 alone is 0.67 MB: a heavy figure):
+    # the same rule at a size a test can hold.
+    monkeypatch.setattr(tasks.plan, "NATIVE_MAX_BYTES", 1_000_000)
+    doc = ingest(corpus / "pdf/paper_tracemonkey_pldi2009_14p.pdf")
+    plan = make_plan([doc], prompts, get_model("claude-sonnet-4-6"), 8_000, 4_096, pdf_mode="native")
+    parts = [r for r in plan.rows if r.status == PART]
+    assert plan.rows[0].status == READY and len(parts) >= 3
+    assert all(req.body_bytes <= 1_000_000 for req in plan.requests)
+    assert sum(r.pages for r in parts) == 14 and parts[0].covers.startswith("pages 1–")
+    monkeypatch.setattr(tasks.plan, "NATIVE_MAX_BYTES", 400_000)  # now page 11 alone is too big
+    (row,) = make_plan([doc], prompts, get_model("claude-sonnet-4-6"), 8_000, 4_096, pdf_mode="native").rows
+    assert row.status == "does_not_fit" and "page 11 is over 0.4 MB" in row.reason
