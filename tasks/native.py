@@ -59,17 +59,6 @@ def page_costs(doc: Document, model: ModelSpec) -> list[PageCost]:
     return out
 
 
-def read_pdf(doc: Document) -> bytes:
-    """The PDF as ingested: refused if the file changed since (the plan would not match it)."""
-    try:
-        data = Path(doc.location).read_bytes()
-    except OSError as exc:
-        raise PdfChangedError(f"{doc.source} can no longer be read ({exc.strerror}); run again") from exc
-    if hashlib.sha256(data).hexdigest() != doc.sha256:
-        raise PdfChangedError(f"{doc.source} changed since it was read; run again to plan the new version")
-    return data
-
-
 def pdf_for_pages(doc: Document, first: int, last: int) -> bytes:
     """Pages first..last (1-based) as a PDF to send. The whole file as it is when nothing
     needs changing; otherwise pages copied into a new, unencrypted PDF (the API refuses
@@ -87,22 +76,27 @@ def pdf_for_pages(doc: Document, first: int, last: int) -> bytes:
     return out.getvalue()
 
 
+def _opened(doc: Document) -> tuple[bytes, Any]:
+    return _open(doc.location, doc.sha256, doc.source)
+
+
 @lru_cache(maxsize=2)
-def _opened_cached(location: str, sha256: str, source: str) -> tuple[bytes, Any]:
+def _open(location: str, sha256: str, source: str) -> tuple[bytes, Any]:
+    """The file as ingested (refused if it changed since: the plan would not match it) and a
+    reader on it, kept while one document's page ranges are written: each range would otherwise
+    parse the whole PDF again."""
     from pypdf import PdfReader
 
-    doc = Document("", source, "pdf", sha256, 0, (), "", 0, location=location)
-    data = read_pdf(doc)
+    try:
+        data = Path(location).read_bytes()
+    except OSError as exc:
+        raise PdfChangedError(f"{source} can no longer be read ({exc.strerror}); run again") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise PdfChangedError(f"{source} changed since it was read; run again to plan the new version")
     reader = PdfReader(io.BytesIO(data))
     if reader.is_encrypted:
         reader.decrypt("")
     return data, reader
-
-
-def _opened(doc: Document) -> tuple[bytes, Any]:
-    """The file (checked against the ingested hash) and a reader on it, kept while one
-    document's page ranges are written: each range would otherwise parse the whole PDF again."""
-    return _opened_cached(doc.location, doc.sha256, doc.source)
 
 
 def document_block(pdf: bytes, title: str) -> dict:

@@ -10,14 +10,14 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from longbatch.catalog import ModelSpec, batch_cost_usd
-from longbatch.tokens import (CALIBRATION, ERROR_BAND, EXACT_MARGIN, MAX_OVERCOUNT, bound_from_exact, cl100k_count,
-                             estimate_from_cl100k)
+from longbatch.tokens import (CALIBRATION, ERROR_BAND, EXACT_MARGIN, MAX_OVERCOUNT, TokenEstimate, bound_from_exact,
+                             cl100k_count, estimate_from_cl100k)
 from tasks.build import (PlannedRequest, build_native_request, build_request, count_key, make_custom_id, make_request,
                          native_content, render_native_instructions, render_part_message, render_reduce_message,
                          render_user_message)
@@ -193,37 +193,14 @@ def _plan_one(
     doc: Document, prompt: Prompt, model: ModelSpec, requested_output: int | None, min_output: int,
     exact_counts: Mapping[str, int], extra_betas: tuple[str, ...],
 ) -> tuple[PlanRow, PlannedRequest | None]:
+    """The whole document's text in one request."""
     # The document body was counted once at ingest; count only what wraps it here.
     wrapper = render_user_message(dataclasses.replace(doc, body=""), prompt, model.max_batch_output)
     cl100k = doc.body_cl100k + cl100k_count(SYSTEM_PROMPT) + cl100k_count(wrapper)
     est = estimate_from_cl100k(cl100k, model.tokenizer)
     key = count_key(model.id, doc, prompt)
-    exact = exact_counts.get(key)
-    upper = est.upper if exact is None else bound_from_exact(exact)
-    needs = exact is None and needs_exact_count(est.lower, est.upper, model, requested_output, min_output)
-    fit = check_fit(upper, model, requested_output, min_output)
-    expected = est.estimate if exact is None else exact
-    base = PlanRow(
-        doc.doc_id, doc.source, doc.kind, prompt.name, model.id, READY, None, doc.page_count, doc.chars,
-        cl100k, expected, upper, sha256=doc.sha256, exact_input_tokens=exact, needs_exact=needs, count_key=key,
-        est_input_usd=round(batch_cost_usd(model, expected, 0), 6),
-    )
-    if not fit.fits:
-        reason = fit.reason + (" — by the local estimate; an exact count (count_tokens) may still let it fit"
-                               if needs else "")
-        return dataclasses.replace(base, status=NOT_FIT, reason=reason), None
-    request = build_request(doc, prompt, model, fit.granted, extra_betas)
-    if request.body_bytes > MAX_BODY_BYTES:
-        reason = f"the request body would be {request.body_bytes:,} bytes, over the batch limit"
-        return dataclasses.replace(base, status=NOT_FIT, reason=reason), None
-    row = dataclasses.replace(
-        base,
-        granted_max_tokens=fit.granted,
-        betas=",".join(request.betas),
-        max_cost_usd=round(batch_cost_usd(model, expected, fit.granted), 6),
-        custom_id=request.custom_id,
-    )
-    return row, request
+    return _plan_whole(doc, prompt, model, requested_output, min_output, exact_counts.get(key), key, est,
+                       lambda grant: build_request(doc, prompt, model, grant, extra_betas), MAX_BODY_BYTES)
 
 
 def _plan_native_one(
@@ -235,33 +212,45 @@ def _plan_native_one(
     wrap = estimate_from_cl100k(cl100k_count(SYSTEM_PROMPT + render_native_instructions(
         doc, prompt, model.max_batch_output)), model.tokenizer)
     estimate = sum(c.estimate for c in costs) + wrap.estimate
-    upper_est = sum(c.upper for c in costs) + wrap.upper
-    key = count_key(model.id, doc, prompt, native=True)
-    exact = exact_counts.get(key)
-    upper = upper_est if exact is None else bound_from_exact(exact)
+    est = TokenEstimate(doc.body_cl100k, estimate, sum(c.upper for c in costs) + wrap.upper,
+                        math.floor(estimate / MAX_OVERCOUNT))
     limit = page_limit(model)
-    over_pages = len(doc.pages) > limit
-    needs = (exact is None and not over_pages
-             and needs_exact_count(math.floor(estimate / MAX_OVERCOUNT), upper_est, model, requested_output, min_output))
-    expected = estimate if exact is None else exact
+    refusal = (f"{len(doc.pages)} pages: one native PDF request takes at most {limit} pages on {model.id}"
+               if len(doc.pages) > limit else None)
+    key = count_key(model.id, doc, prompt, native=True)
+    return _plan_whole(doc, prompt, model, requested_output, min_output, exact_counts.get(key), key, est,
+                       lambda grant: build_native_request(doc, prompt, model, grant, extra_betas), NATIVE_MAX_BYTES,
+                       refusal)
+
+
+def _plan_whole(
+    doc: Document, prompt: Prompt, model: ModelSpec, requested_output: int | None, min_output: int,
+    exact: int | None, key: str, est: TokenEstimate, build: Callable[[int], PlannedRequest], max_bytes: int,
+    refusal: str | None = None,
+) -> tuple[PlanRow, PlannedRequest | None]:
+    """One request for the whole document: the fit decision shared by text and native mode.
+    `exact` is count_tokens' figure where it was asked; `refusal` a limit already broken."""
+    upper = est.upper if exact is None else bound_from_exact(exact)
+    needs = (exact is None and refusal is None
+             and needs_exact_count(est.lower, est.upper, model, requested_output, min_output))
+    expected = est.estimate if exact is None else exact
     base = PlanRow(
         doc.doc_id, doc.source, doc.kind, prompt.name, model.id, READY, None, doc.page_count, doc.chars,
-        doc.body_cl100k, expected, upper, sha256=doc.sha256, exact_input_tokens=exact, needs_exact=needs,
-        count_key=key, est_input_usd=round(batch_cost_usd(model, expected, 0), 6),
+        est.cl100k, expected, upper, sha256=doc.sha256, exact_input_tokens=exact, needs_exact=needs, count_key=key,
+        est_input_usd=round(batch_cost_usd(model, expected, 0), 6),
     )
-    if over_pages:
-        return dataclasses.replace(base, status=NOT_FIT, reason=(
-            f"{len(doc.pages)} pages: one native PDF request takes at most {limit} pages on {model.id}")), None
+    if refusal:
+        return dataclasses.replace(base, status=NOT_FIT, reason=refusal), None
     fit = check_fit(upper, model, requested_output, min_output)
     if not fit.fits:
         reason = fit.reason + (" — by the local estimate; an exact count (count_tokens) may still let it fit"
                                if needs else "")
         return dataclasses.replace(base, status=NOT_FIT, reason=reason), None
-    request = build_native_request(doc, prompt, model, fit.granted, extra_betas)
-    if request.body_bytes > NATIVE_MAX_BYTES:
+    request = build(fit.granted)
+    if request.body_bytes > max_bytes:  # a size limit, not a token question: no count can change it
         return dataclasses.replace(base, status=NOT_FIT, needs_exact=False, reason=(
-            f"the request would be {request.body_bytes / 2**20:.1f} MB; a native PDF request takes at most "
-            f"{NATIVE_MAX_BYTES / 2**20:.1f} MB")), None
+            f"the request would be {request.body_bytes / 2**20:.1f} MB; one request may be at most "
+            f"{max_bytes / 2**20:.1f} MB")), None
     return dataclasses.replace(
         base, granted_max_tokens=fit.granted, betas=",".join(request.betas), custom_id=request.custom_id,
         max_cost_usd=round(batch_cost_usd(model, expected, fit.granted), 6)), request

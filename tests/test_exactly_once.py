@@ -49,6 +49,13 @@ def assert_every_document_settled(data_dir: Path) -> pd.DataFrame:
     return summary
 
 
+def fast_polling(monkeypatch: pytest.MonkeyPatch, create_grace: str) -> None:
+    """In-process runs: poll fast; `create_grace` is how long a lost create may take to appear."""
+    monkeypatch.setenv("LONGBATCH_POLL_INITIAL_SECONDS", "0.2")
+    monkeypatch.setenv("LONGBATCH_POLL_MAX_SECONDS", "0.5")
+    monkeypatch.setenv("LONGBATCH_CREATE_GRACE_SECONDS", create_grace)
+
+
 def crash_env(url: str, **extra: str) -> dict[str, str]:
     return cli_env(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY="sk-ant-crash-test",
                    LONGBATCH_POLL_INITIAL_SECONDS="0.2", LONGBATCH_POLL_MAX_SECONDS="0.5",
@@ -91,9 +98,7 @@ def test_twenty_percent_faults_everywhere_complete_with_no_duplicates(tmp_path, 
     shutil.copytree(REPO / "data" / "inbox", data_dir / "inbox")  # the shipped sample inbox
     for i in range(8):
         (data_dir / "inbox" / f"note-{i}.txt").write_text(f"Note {i}. " + PROSE, encoding="utf-8")
-    monkeypatch.setenv("LONGBATCH_POLL_INITIAL_SECONDS", "0.2")
-    monkeypatch.setenv("LONGBATCH_POLL_MAX_SECONDS", "0.5")
-    monkeypatch.setenv("LONGBATCH_CREATE_GRACE_SECONDS", "0.5")
+    fast_polling(monkeypatch, create_grace="0.5")
     from flows.process import RunParameters, process_documents
 
     with SimulatorServer(config) as server:
@@ -194,9 +199,7 @@ def test_a_lost_create_whose_batch_is_listed_but_not_yet_retrievable_is_adopted_
     data_dir = tmp_path / "data"
     (data_dir / "inbox").mkdir(parents=True)
     (data_dir / "inbox" / "memo.txt").write_text(PROSE, encoding="utf-8")
-    monkeypatch.setenv("LONGBATCH_POLL_INITIAL_SECONDS", "0.2")
-    monkeypatch.setenv("LONGBATCH_POLL_MAX_SECONDS", "0.5")
-    monkeypatch.setenv("LONGBATCH_CREATE_GRACE_SECONDS", "30")
+    fast_polling(monkeypatch, create_grace="30")
     from flows.process import RunParameters, process_documents
 
     with SimulatorServer(config) as server:
