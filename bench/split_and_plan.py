@@ -26,7 +26,8 @@ from pypdf import PdfReader, PdfWriter  # noqa: E402
 from longbatch.catalog import get_model  # noqa: E402
 from longbatch.tokens import cl100k_count  # noqa: E402
 from tasks.ingest import read_document  # noqa: E402
-from tasks.plan import PART, REDUCE, make_plan  # noqa: E402
+from longbatch.piece import PieceKind  # noqa: E402
+from tasks.plan import make_plan  # noqa: E402
 from tasks.prompts import load_prompt  # noqa: E402
 
 
@@ -51,8 +52,8 @@ def main() -> None:
         print(f"text: {len(text):,} chars, {doc.body_cl100k:,} cl100k tokens; tiktoken pass {raw:.2f} s")
         for model_id in ("claude-sonnet-4-6", "claude-sonnet-4-5"):
             plan, took = timed(lambda m=model_id: make_plan([doc], [prompt], get_model(m), None, 8_192))
-            parts = [r for r in plan.rows if r.status == PART]
-            steps = [r for r in plan.rows if r.status == REDUCE]
+            parts = [r for r in plan.rows if r.piece.kind == PieceKind.PART]
+            steps = [r for r in plan.rows if r.piece.is_step]
             sizes = [r.upper_input_tokens for r in parts]
             print(f"  {model_id}: {len(parts)} parts ({min(sizes):,}–{max(sizes):,} upper tokens), {len(steps)} "
                   f"step(s); plan {took:.2f} s = {took / raw:.1f}x one tiktoken pass")
@@ -76,7 +77,7 @@ def main() -> None:
         _, raw_pdf = timed(raw_copy)
         plan, took = timed(lambda: make_plan([pdf], [prompt], get_model("claude-sonnet-4-5"), None, 8_192,
                                              pdf_mode="native"))
-        parts = [r for r in plan.rows if r.status == PART]
+        parts = [r for r in plan.rows if r.piece.kind == PieceKind.PART]
         print(f"native: 800 pages; pypdf copy of all pages {raw_pdf:.2f} s; plan with {len(parts)} page ranges "
               f"{took:.2f} s = {took / raw_pdf:.1f}x")
 

@@ -42,31 +42,31 @@ def _quiet_user_errors() -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", default=os.environ.get("LONGBATCH_DATA_DIR", "data"), type=Path,
-                   help="data directory holding inbox/, reports/, results/ and the ledger (default: ./data)")
+    p.add_argument("--data-dir", type=Path,
+                   help="data directory holding inbox/, reports/, results/ and the ledger (default: "
+                        "LONGBATCH_DATA_DIR, else ./data)")
 
 
 def _planning(p: argparse.ArgumentParser) -> None:
     p.add_argument("inbox", nargs="?", type=Path, help="folder of documents (default: DATA_DIR/inbox)")
-    p.add_argument("--model", default=os.environ.get("LONGBATCH_MODEL"),
-                   help="Claude model id (default: claude-sonnet-4-6)")
+    p.add_argument("--model", help="Claude model id (default: LONGBATCH_MODEL, else claude-sonnet-4-6)")
     p.add_argument("--prompt", action="append", dest="prompts", metavar="NAME_OR_FILE",
                    help="prompt name (built-in: report, summary; or DATA_DIR/prompts/NAME.md) or a template "
                         "file; repeat for several reports per document (default: report)")
     p.add_argument("--max-output-tokens", type=int,
                    help="output tokens to ask per document (default: the most the model allows in a batch, "
                         "300,000 on models that take the 300K beta)")
-    p.add_argument("--min-output-tokens", type=int, default=8_192,
+    p.add_argument("--min-output-tokens", type=int,
                    help="a document that cannot get this much output does not fit (default: 8192)")
     p.add_argument("--beta", action="append", dest="betas", metavar="NAME",
                    help="an extra beta header for every batch (repeatable); the retired "
                         "context-1m-2025-08-07 is dropped with a warning, and the 300K-output beta is "
                         "added automatically where needed")
-    p.add_argument("--pdf-mode", choices=["text", "native"], default=os.environ.get("LONGBATCH_PDF_MODE", "text"),
+    p.add_argument("--pdf-mode", choices=["text", "native"],
                    help="text (default): send the text extracted from each PDF; native: send the PDF itself as a "
                         "document block, so the model sees tables, figures and layout (costs image tokens per "
                         "page; split into page ranges over 600 pages (100 below a 1M window) or 32 MB)")
-    p.add_argument("--exact-count", action="store_true",
+    p.add_argument("--exact-count", action="store_true", default=None,
                    help="count every document with the API's count_tokens (free), not only those whose "
                         "local estimate is too close to a limit to decide")
 
@@ -91,11 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      "write reports/<document>/<prompt>.md, .json and reports/summary.csv.")
     _common(run)
     _planning(run)
-    run.add_argument("--simulate", action="store_true",
+    run.add_argument("--simulate", action="store_true", default=None,
                      help="use the built-in local simulator (no API key, no cost; reports are simulated)")
     run.add_argument("--no-wait", action="store_true", help="submit and return; `longbatch collect` finishes")
     run.add_argument("--budget-usd", type=float, help="refuse to submit if the run could cost more than this")
-    run.add_argument("--max-attempts", type=int, default=3,
+    run.add_argument("--max-attempts", type=int,
                      help="tries per request for expired, canceled or transient errors (default: 3)")
 
     plan = sub.add_parser("plan", help="everything up to submission, nothing sent: sizes, tokens, fit, cost",
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "DATA_DIR/plan.csv.")
     _common(plan)
     _planning(plan)
-    plan.add_argument("--simulate", action="store_true",
+    plan.add_argument("--simulate", action="store_true", default=None,
                       help="count near-limit documents with the built-in simulator's count_tokens")
 
     collect = sub.add_parser("collect", help="look at pending batches, assemble what ended, resend retries",
@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "resubmit expired, canceled and transiently failed requests (rebuilt "
                                          "from the inbox), and update summary.csv.")
     _common(collect)
-    collect.add_argument("--simulate", action="store_true", help="talk to the built-in simulator")
+    collect.add_argument("--simulate", action="store_true", default=None, help="talk to the built-in simulator")
     collect.add_argument("--wait", action="store_true", help="wait until every pending batch has ended")
     collect.add_argument("--inbox", type=Path,
                          help="where the documents are, to rebuild retried requests (default: DATA_DIR/inbox)")
@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults()
     _quiet_user_errors()
+    from pydantic import ValidationError
+
     from longbatch.errors import LongbatchError
 
     try:
@@ -160,55 +162,57 @@ def main(argv: list[str] | None = None) -> int:
     except LongbatchError as exc:
         print(f"longbatch: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except ValidationError as exc:  # a setting that cannot work: name the flag, drop the traceback
+        for error in exc.errors():
+            name = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-") if error["loc"] else "settings"
+            print(f"longbatch: {name}: {error['msg']}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("longbatch: interrupted; submitted batches go on. `longbatch run` or `collect` resumes.",
               file=sys.stderr)
         return 130
 
 
-def _run_params(args: argparse.Namespace, **extra: Any):  # noqa: ANN202
-    from flows.process import RunParameters
-
-    values: dict[str, Any] = {"data_dir": str(args.data_dir), "min_output_tokens": args.min_output_tokens,
-                              "exact_count": args.exact_count, "pdf_mode": args.pdf_mode}
-    if args.inbox:
-        values["inbox"] = str(args.inbox)
-    if args.model:
-        values["model"] = args.model
-    if args.prompts:
-        values["prompts"] = args.prompts
-    if args.max_output_tokens:
-        values["max_output_tokens"] = args.max_output_tokens
-    if args.betas:
-        values["betas"] = args.betas
-    return RunParameters(**values, **extra)
+def _planning_values(args: argparse.Namespace) -> dict[str, Any]:
+    """What the user gave on the command line; None (not given) leaves it to the environment
+    and the defaults in longbatch/settings.py."""
+    return {"data_dir": args.data_dir, "inbox": args.inbox, "model": args.model, "prompts": args.prompts,
+            "max_output_tokens": args.max_output_tokens, "min_output_tokens": args.min_output_tokens,
+            "betas": args.betas, "pdf_mode": args.pdf_mode, "exact_count": args.exact_count}
 
 
-def _preflight(params: Any) -> None:
+def _preflight(settings: Any) -> None:
     """Checks that need no document: fail fast, before Prefect starts or anything is written."""
-    from flows.process import check_api_access
+    from longbatch.api import check_api_access
     from longbatch.catalog import get_model
     from tasks.prompts import load_prompts
 
-    settings = params.settings()
     check_api_access(settings)
     get_model(settings.model)
     load_prompts(settings.prompts, settings.data_dir)
-    if not params.inbox_path.is_dir():
+    _require_inbox(settings)
+
+
+def _require_inbox(settings: Any) -> None:
+    if not settings.inbox_dir.is_dir():
         from longbatch.errors import ConfigError
 
-        raise ConfigError(f"Inbox {params.inbox_path} is not a folder. Put documents in it, or name another "
+        raise ConfigError(f"Inbox {settings.inbox_dir} is not a folder. Put documents in it, or name another "
                           "folder: `longbatch run PATH`.")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    params = _run_params(args, wait=not args.no_wait, simulate=args.simulate, budget_usd=args.budget_usd,
-                         max_attempts=args.max_attempts)
-    _preflight(params)
+    from flows.parameters import RunParameters
+
+    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in _planning_values(args).items()}
+    params = RunParameters(**values, wait=False if args.no_wait else None, simulate=args.simulate,
+                           budget_usd=args.budget_usd, max_attempts=args.max_attempts)
+    settings = params.settings()
+    _preflight(settings)
     from flows.process import process_documents
 
     result = process_documents(params)
-    _print_summary(Path(result["summary_csv"]), args.data_dir)
+    _print_summary(Path(result["summary_csv"]), settings.data_dir)
     if args.no_wait:
         print("Submitted. Run `longbatch collect" + (" --simulate" if args.simulate else "")
               + "` later (or `longbatch status`) to gather the reports.")
@@ -216,28 +220,23 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
     import pandas as pd
 
-    from flows.process import build_plan
+    from flows.planning import build_plan
     from longbatch.fsutil import atomic_write_text
+    from longbatch.settings import Settings
 
-    params = _run_params(args)
-    settings = params.settings()
-    if not params.inbox_path.is_dir():
-        from longbatch.errors import ConfigError
-
-        raise ConfigError(f"Inbox {params.inbox_path} is not a folder.")
+    settings = Settings.given(**_planning_values(args), simulate=args.simulate)
+    _require_inbox(settings)
     from longbatch.catalog import normalize_betas
 
     for warning in normalize_betas(settings.betas)[1]:
         print(f"warning: {warning}", file=sys.stderr)
-    with _counting_client(args, settings) as client:
-        plan, model = build_plan(params, settings, client)
-    frame = pd.DataFrame([asdict(r) for r in plan.rows])
+    with _counting_client(settings) as client:
+        plan, model = build_plan(settings, client)
+    frame = pd.DataFrame([r.csv_record() for r in plan.rows])
     if frame.empty:
-        print(f"No documents in {params.inbox_path}.")
+        print(f"No documents in {settings.inbox_dir}.")
         return 0
     out = settings.data_dir / "plan.csv"
     atomic_write_text(out, frame.to_csv(index=False))
@@ -248,7 +247,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     # A split document's parts and combining steps sit under its row, named by what they cover.
     is_step = frame["part"] != ""
     show["source"] = frame["source"].str.slice(0, 48).where(~is_step, "  " + frame["covers"].str.slice(0, 46))
-    show["batch"] = show["batch"].where(frame["status"] != "reduce", "after parts")
+    show["batch"] = show["batch"].where(~frame["piece"].isin(["merge", "final"]), "after parts")
     print(show.to_string(index=False, na_rep="-"))
     notes = frame[~is_step & ((frame["status"] != "ready") | frame["parts"].notna())][["source", "reason"]]
     if not notes.empty:
@@ -264,23 +263,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _counting_client(args: argparse.Namespace, settings: Any) -> Iterator[Any]:
-    """A client for count_tokens when one can be had: the simulator with --simulate, the API
-    when a key is set; else None (the plan then says which documents await an exact count)."""
-    if args.simulate:
-        import anthropic
+def _counting_client(settings: Any) -> Iterator[Any]:
+    """A client for count_tokens when one can be had: the simulator with --simulate (in memory:
+    plan leaves nothing behind), the API when a key is set; else None (the plan then says
+    which documents await an exact count)."""
+    from longbatch.api import open_api
 
-        from simulator.engine import SimConfig
-        from simulator.server import SimulatorServer
-
-        with SimulatorServer(SimConfig()) as server:  # in memory: plan leaves nothing behind
-            yield anthropic.Anthropic(api_key="simulated-no-key-needed", base_url=server.url)
-    elif settings.api_key is not None:
-        from longbatch.client import make_client
-
-        yield make_client(settings)
+    if settings.simulate or settings.api_key is not None:
+        with open_api(settings, keep_state=False) as client:
+            yield client
     else:
-        if args.exact_count:
+        if settings.exact_count:
             from longbatch.errors import MissingApiKeyError
 
             raise MissingApiKeyError()
@@ -288,24 +281,29 @@ def _counting_client(args: argparse.Namespace, settings: Any) -> Iterator[Any]:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from flows.process import check_api_access, collect_batches
+    from flows.process import collect_batches
+    from longbatch.api import check_api_access
     from longbatch.settings import Settings
 
-    check_api_access(Settings(data_dir=args.data_dir, simulate=args.simulate))
-    result = collect_batches(data_dir=str(args.data_dir), simulate=args.simulate, wait=args.wait,
+    settings = Settings.given(data_dir=args.data_dir, simulate=args.simulate, inbox=args.inbox)
+    check_api_access(settings)
+    result = collect_batches(data_dir=str(settings.data_dir), simulate=settings.simulate, wait=args.wait,
                              inbox=str(args.inbox) if args.inbox else None)
-    _print_summary(Path(result["summary_csv"]), args.data_dir)
+    _print_summary(Path(result["summary_csv"]), settings.data_dir)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     from longbatch.ledger import Ledger
+    from longbatch.records import PENDING_BATCH_STATES, RequestState, StepState
+    from longbatch.settings import Settings
 
-    ledger = Ledger.existing(args.data_dir)
+    settings = Settings.given(data_dir=args.data_dir)
+    ledger = Ledger.existing(settings)
     if ledger is None:
-        print(f"No ledger in {args.data_dir}: nothing has been submitted from there yet.")
+        print(f"No ledger in {settings.data_dir}: nothing has been submitted from there yet.")
         return 0
-    pending = ledger.batches_in_state("intent", "unknown", "submitted", "ended")
+    pending = ledger.batches_in_state(*PENDING_BATCH_STATES)
     now = time.time()
     if not pending:
         print("No pending batches.")
@@ -313,12 +311,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         age = now - (b.created_at or b.intent_at)
         print(f"{b.api_id or b.id}  {b.state:<9}  {b.request_count:>6} request(s)  age {_age(age)}")
     states: dict[str, int] = {}
-    for state in ("queued", "submitting", "submitted", "retryable", "succeeded", "failed"):
+    for state in RequestState:
         n = len(ledger.requests_in_state(state))
         if n:
             states[state] = n
     print("Requests: " + (", ".join(f"{v} {k}" for k, v in states.items()) or "none"))
-    steps = {state: len(ledger.reductions_in_state(state)) for state in ("waiting", "built", "failed")}
+    steps = {state: len(ledger.reductions_in_state(state)) for state in StepState}
     if any(steps.values()):
         print("Steps combining part reports: " + ", ".join(f"{v} {k}" for k, v in steps.items() if v)
               + " (waiting = some parts not done yet)")
@@ -329,13 +327,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_usage(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from longbatch.ledger import Ledger
+    from dataclasses import asdict
 
-    ledger = Ledger.existing(args.data_dir)
+    from longbatch.ledger import Ledger
+    from longbatch.settings import Settings
+
+    ledger = Ledger.existing(Settings.given(data_dir=args.data_dir))
     if ledger is None:
-        print(f"No ledger in {args.data_dir}: nothing spent.")
+        print(f"No ledger in {args.data_dir or 'the data directory'}: nothing spent.")
         return 0
-    frame = pd.DataFrame(ledger.usage_rows())
+    frame = pd.DataFrame([{**asdict(u.result), "model": u.model, "source": u.source, "prompt": u.prompt}
+                          for u in ledger.usage_rows()])
     ledger.close()
     if frame.empty:
         print("No results yet: nothing spent.")

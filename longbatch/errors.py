@@ -1,4 +1,17 @@
-"""longbatch's own errors. Each message says what happened and what to do about it.
+"""longbatch's own errors, in one tree. Each message says what happened and what to do.
+
+    LongbatchError              a problem the user can act on: the CLI shows one line, exit 2
+    ├── ConfigError             settings, flags, models, prompts, keys, budgets
+    ├── WaitTimeoutError        batches still running at the wait deadline (they go on)
+    └── DocumentRefusal         one document (or piece of it) cannot go on; the run does
+        ├── CannotSplit         too long for one request and cannot be read in parts
+        ├── NotRebuildable      queued work whose request cannot be rebuilt identically
+        ├── StepFailed          a combining step whose part failed for good
+        ├── PdfChangedError     native mode reads the PDF again: it must be the one ingested
+        └── RequestTooLargeError  one request over a batch's byte limit
+
+    NotReady                    not an error: a combining step whose parts are still pending
+    IncompleteDownloadError     a results stream cut short: transient, retried
 
 The CLI turns a `LongbatchError` into one readable line and a non-zero exit, in one place
 (`flows.cli`); anything else is a bug and keeps its traceback.
@@ -30,5 +43,41 @@ class PromptError(ConfigError):
     """A prompt name or file that cannot be used."""
 
 
+class BudgetExceededError(ConfigError):
+    """The work a run would send could cost more than its budget: nothing was sent."""
+
+
 class WaitTimeoutError(LongbatchError):
     """Batches still running when the wait deadline passed (they keep running server-side)."""
+
+
+class DocumentRefusal(LongbatchError):
+    """One document, or one piece of it, cannot go on; the message is its recorded reason."""
+
+
+class CannotSplit(DocumentRefusal):
+    """Too long for one request, and no split into parts fits either."""
+
+
+class NotRebuildable(DocumentRefusal):
+    """Queued work whose exact request cannot be rebuilt from the inbox and the ledger."""
+
+
+class StepFailed(DocumentRefusal):
+    """A combining step that cannot be built: a part failed for good, or its report is gone."""
+
+
+class PdfChangedError(DocumentRefusal):
+    """Native mode reads the PDF again when it builds requests: it changed or is gone."""
+
+
+class RequestTooLargeError(DocumentRefusal):
+    """A single request over the batch byte limit."""
+
+
+class NotReady(Exception):
+    """A combining step whose children are still pending: look again after the next collect."""
+
+
+class IncompleteDownloadError(Exception):
+    """The results stream ended before its announced length (transient: retried)."""

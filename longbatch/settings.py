@@ -1,38 +1,58 @@
-"""All configuration in one pydantic-settings class: environment variables, then CLI flags.
+"""All configuration in one pydantic-settings class: the one source of every default.
 
-Environment variables are prefixed LONGBATCH_ (LONGBATCH_DATA_DIR, LONGBATCH_MODEL, ...), except
-the two the Anthropic SDK itself reads: ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL.
+Values come from what the caller gives (CLI flags, the Prefect form, a deployment's parameters),
+then environment variables prefixed LONGBATCH_ (LONGBATCH_DATA_DIR, LONGBATCH_MODEL, ...), then
+the defaults below. The API key and endpoint are the two the Anthropic SDK itself reads:
+ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL. A value that cannot work is refused here, with the
+setting's name, before anything runs.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from longbatch.catalog import DEFAULT_MODEL
+
+DEFAULT_MIN_OUTPUT_TOKENS = 8_192
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LONGBATCH_", extra="ignore")
 
-    data_dir: Path = Field(Path("data"), description="Where inbox/, reports/ and the ledger live.")
-    model: str = Field(DEFAULT_MODEL, description="Claude model id.")
-    prompts: list[str] = Field(default_factory=lambda: ["report"], description="Prompt names or files.")
+    # What a run does (also the fields of the Prefect form: flows/parameters.py).
+    data_dir: Path = Field(Path("data"), description="Data directory: inbox/, reports/, results/ and the ledger.")
+    inbox: Path | None = Field(None, description="Folder of documents (.pdf, .txt, .md); default: the data "
+                                                 "directory's inbox/.")
+    model: str = Field(DEFAULT_MODEL, description="Claude model id, e.g. claude-sonnet-4-6 or claude-opus-4-6.")
+    prompts: list[str] = Field(default_factory=lambda: ["report"],
+                               description="Prompt names (built-in: report, summary) or template files.")
     max_output_tokens: int | None = Field(
-        None, description="Output budget asked per request; default: the most the model allows in a batch."
-    )
+        None, gt=0, description="Output tokens asked per document; default: the most the model allows in a batch.")
     min_output_tokens: int = Field(
-        8_192, description="A document that cannot get at least this much output does not fit."
-    )
-    budget_usd: float | None = Field(None, description="Refuse to submit when the estimate exceeds this.")
-    betas: list[str] = Field(default_factory=list, description="Extra beta headers for every batch.")
+        DEFAULT_MIN_OUTPUT_TOKENS, gt=0, description="A document that cannot get this much output does not fit.")
+    budget_usd: float | None = Field(
+        None, ge=0, description="Refuse to submit when the most this run could cost exceeds this many dollars.")
+    betas: list[str] = Field(
+        default_factory=list, description="Extra beta headers for every batch (the retired context-1m is dropped).")
     pdf_mode: Literal["text", "native"] = Field(
-        "text", description="PDFs as extracted text, or as the PDF itself (document blocks).")
+        "text", description="PDFs as extracted text, or as the PDF itself, for tables and figures (document "
+                            "blocks; split into page ranges over 600 pages or 32 MB).")
+    exact_count: bool = Field(False, description="Count every document with count_tokens, not only those near a "
+                                                 "limit.")
+    simulate: bool = Field(False, description="Use the built-in local simulator instead of the Anthropic API.")
+    wait: bool = Field(True, description="Wait for the batches and write reports; off = submit and return "
+                                         "(the collector finishes).")
+    max_attempts: int = Field(3, ge=1, le=10, description="Tries per request for expired, canceled and "
+                                                          "transiently failed requests.")
 
-    simulate: bool = Field(False, description="Use the built-in local Batches API simulator.")
+    # Where things are.
+    database_url: str | None = Field(
+        None, description="The ledger's SQLAlchemy URL (e.g. postgresql+psycopg://...); default: SQLite in the "
+                          "data directory.")
     api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "LONGBATCH_API_KEY")
     )
@@ -41,19 +61,44 @@ class Settings(BaseSettings):
     )
 
     # Waiting: poll with backoff up to a deadline (a batch ends within 24 h by contract).
-    poll_initial_seconds: float = 2.0
-    poll_max_seconds: float = 60.0
-    wait_timeout_seconds: float = 25 * 3600.0
+    poll_initial_seconds: float = Field(2.0, gt=0)
+    poll_max_seconds: float = Field(60.0, gt=0)
+    wait_timeout_seconds: float = Field(25 * 3600.0, gt=0)
     # A create still unconfirmed after this long is looked up on the server (and requeued if
     # absent). Longer than the client's request timeout, so a live create is never second-guessed.
-    intent_grace_seconds: float = 900.0
+    intent_grace_seconds: float = Field(900.0, ge=0)
     # How long an unconfirmed create may take to show up in the server's batch list before
     # we conclude it never happened and queue its requests again.
-    create_grace_seconds: float = 120.0
+    create_grace_seconds: float = Field(120.0, ge=0)
     # messages.count_tokens is free but rate-limited: pace the exact counts.
-    count_tokens_per_minute: float = 50.0
+    count_tokens_per_minute: float = Field(50.0, ge=0)
+
+    @model_validator(mode="after")
+    def _output_bounds_agree(self) -> Settings:
+        # Only a minimum someone set is held against the maximum: the default one gives way.
+        if ("min_output_tokens" in self.model_fields_set and self.max_output_tokens is not None
+                and self.min_output_tokens > self.max_output_tokens):
+            raise ValueError(f"min_output_tokens ({self.min_output_tokens:,}) is above max_output_tokens "
+                             f"({self.max_output_tokens:,}): no document could fit")
+        return self
 
     @property
-    def inbox(self) -> Path:
-        return self.data_dir / "inbox"
+    def inbox_dir(self) -> Path:
+        return self.inbox or self.data_dir / "inbox"
 
+    @classmethod
+    def given(cls, **values: Any) -> Settings:
+        """Settings from what a caller gave: None means "not given" (the environment and the
+        defaults above decide), so a form or a flag never masks LONGBATCH_* by accident."""
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+    @classmethod
+    def described(cls, name: str) -> str:
+        """A field's description with its default, for forms and --help."""
+        info = cls.model_fields[name]
+        default = info.get_default(call_default_factory=True)
+        env = f"LONGBATCH_{name.upper()}"
+        if default is None or default == []:
+            return f"{info.description} Empty: {env} if set."
+        shown = ", ".join(default) if isinstance(default, list) else default
+        return f"{info.description} Empty: {env} if set, else {shown}."

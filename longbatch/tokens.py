@@ -57,12 +57,17 @@ def estimate_tokens(text: str, tokenizer: str) -> TokenEstimate:
     return estimate_from_cl100k(cl100k_count(text), tokenizer)
 
 
+def upper_per_cl100k(tokenizer: str) -> float:
+    """The bound's tokens per cl100k token: the calibration with its error band."""
+    return CALIBRATION[tokenizer] * (1 + ERROR_BAND)
+
+
 def estimate_from_cl100k(cl100k: int, tokenizer: str) -> TokenEstimate:
     factor = CALIBRATION[tokenizer]
     return TokenEstimate(
         cl100k=cl100k,
         estimate=math.ceil(cl100k * factor),
-        upper=math.ceil(cl100k * factor * (1 + ERROR_BAND)),
+        upper=math.ceil(cl100k * upper_per_cl100k(tokenizer)),
         lower=math.floor(cl100k * factor / MAX_OVERCOUNT),
     )
 

@@ -15,13 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-import httpx2
 from anthropic import omit
 
 from longbatch.client import create_client
-from longbatch.errors import WaitTimeoutError
+from longbatch.errors import IncompleteDownloadError, WaitTimeoutError
 from longbatch.failpoints import failpoint
-from longbatch.ledger import BatchRecord, Ledger
+from longbatch.ledger import Ledger
+from longbatch.records import BatchRecord, BatchState, RequestState
+from longbatch.transient import is_transient, tolerate_transient
 from tasks.packing import BatchPlan
 
 log = logging.getLogger(__name__)
@@ -32,18 +33,6 @@ NOT_FOUND_GRACE_SECONDS = 120.0
 RECOVERY_WINDOW_SECONDS = 900.0
 CREATE_RATE_LIMIT_TRIES = 5
 DOWNLOAD_TRIES = 5
-
-
-class IncompleteDownloadError(Exception):
-    """The results stream ended before its announced length."""
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Errors worth another try on an idempotent call (the SDK has already retried a few)."""
-    # httpx2 is the SDK's transport: a stream cut mid-body surfaces as its TransportError.
-    if isinstance(exc, (anthropic.APIConnectionError, IncompleteDownloadError, httpx2.TransportError)):
-        return True
-    return isinstance(exc, anthropic.APIStatusError) and (exc.status_code in (408, 409, 429) or exc.status_code >= 500)
 
 
 @dataclass(frozen=True)
@@ -124,10 +113,10 @@ def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger, create_
       server: its requests are queued again.
 
     Returns the adopted API ids."""
-    unknown = ledger.batches_in_state("unknown")
+    unknown = ledger.batches_in_state(BatchState.UNKNOWN)
     if not unknown:
         return []
-    known = {b.api_id for b in ledger.batches_in_state("submitted", "ended", "collected") if b.api_id}
+    known = {b.api_id for b in ledger.batches_in_state(BatchState.SUBMITTED, BatchState.ENDED, BatchState.COLLECTED) if b.api_id}
     earliest = min(b.intent_at for b in unknown) - 5.0
     candidates = []
     for server_batch in client.beta.messages.batches.list(limit=100):
@@ -177,7 +166,7 @@ def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger, create_
             members = ledger.members(record.id)
             ledger.record_create_failed(record.id, "the create never reached the server", unknown=False)
             for fp, _ in members.values():
-                ledger.requeue(fp, "failed")
+                ledger.requeue(fp, RequestState.FAILED)
             log.info("an unconfirmed create of %d request(s) never reached the server; queued again",
                      record.request_count)
     return adopted
@@ -207,15 +196,9 @@ def poll_once(client: anthropic.Anthropic, record: BatchRecord) -> BatchStatus:
 def poll_round(client: anthropic.Anthropic, ledger: Ledger) -> list[BatchStatus]:
     """Look once at every submitted batch and record the ones that ended. A batch that cannot
     be reached now (transient error) is reported `unreachable` and looked at next time."""
-    statuses = []
-    for record in ledger.batches_in_state("submitted"):
-        try:
-            statuses.append(poll_once(client, record))
-        except Exception as exc:  # noqa: BLE001 - only transient errors are let through
-            if not is_transient(exc):
-                raise
-            log.warning("could not poll batch %s this round: %s", record.api_id, type(exc).__name__)
-            statuses.append(BatchStatus(record, "unreachable", {}, None))
+    statuses = [tolerate_transient(lambda: poll_once(client, record), BatchStatus(record, "unreachable", {}, None),
+                                   f"could not poll batch {record.api_id} this round", log)
+                for record in ledger.batches_in_state(BatchState.SUBMITTED)]
     failpoint("while-waiting")
     for st in statuses:
         if st.status == "ended":

@@ -16,6 +16,7 @@ from anthropic.types.beta.messages.batch_create_params import Request
 from anthropic.types.beta.message_create_params import MessageCreateParamsNonStreaming
 
 from longbatch.catalog import ModelSpec
+from longbatch.piece import Piece, StepLinks
 from tasks.ingest import Document
 from tasks.prompts import SYSTEM_PROMPT, Prompt
 
@@ -33,24 +34,25 @@ class PlannedRequest:
     params: MessageCreateParamsNonStreaming
     body_bytes: int  # size of this request in the batch body, as the SDK serialises it
     fingerprint: str  # sha256 over params and betas: the same work always has the same one
-    # Parts and reduce steps of a split document: which part, what it covers, what it combines
-    # (kept in the ledger, so a part can be rebuilt and a report can say what it covers).
-    meta: dict | None = None
+    # Which piece of the document it is (kept in the ledger, so a part can be rebuilt and a
+    # report can say what it covers), and for a combining step what it combined.
+    piece: Piece = Piece()
+    links: StepLinks | None = None
 
     def as_request(self) -> Request:
         return Request(custom_id=self.custom_id, params=self.params)
 
 
-def make_custom_id(doc_id: str, prompt_name: str, step: str | None = None) -> str:
+def make_custom_id(doc_id: str, prompt_name: str, piece: Piece = Piece()) -> str:
     """Deterministic and within the API's rule `^[a-zA-Z0-9_-]{1,64}$`: a doc_id (<= 45
-    characters) + a prompt tag (<= 12) + for split documents a step (<= 4: `p12` is part 12,
+    characters) + a prompt tag (<= 12) + for split documents the piece (<= 4: `p12` is part 12,
     `m3` merge step 3, `f` the final combined report)."""
     tag = prompt_name
     if len(tag) > 12:  # keep long names apart: a prefix and a hash of the whole name
         tag = f"{prompt_name[:7]}-{hashlib.sha256(prompt_name.encode()).hexdigest()[:4]}"
     cid = f"{doc_id}--{tag}"
-    if step is not None:
-        cid += f"-{step}"
+    if piece.id_suffix is not None:
+        cid += f"-{piece.id_suffix}"
     if not CUSTOM_ID_RE.match(cid):
         raise ValueError(f"custom_id {cid!r} breaks the API's rule {CUSTOM_ID_RE.pattern}")
     return cid
@@ -160,8 +162,9 @@ def native_content(doc: Document, prompt: Prompt, max_tokens: int, first: int = 
 def build_native_request(doc: Document, prompt: Prompt, model: ModelSpec, max_tokens: int,
                          extra_betas: tuple[str, ...] = ()) -> PlannedRequest:
     content, identity = native_content(doc, prompt, max_tokens)
+    piece = Piece(pdf_mode="native")
     return make_request(make_custom_id(doc.doc_id, prompt.name), doc.doc_id, prompt.name, model, max_tokens, content,
-                        extra_betas, {"role": "whole", "pdf_mode": "native"}, identity)
+                        extra_betas, piece, identity_content=identity)
 
 
 def build_request(doc: Document, prompt: Prompt, model: ModelSpec, max_tokens: int,
@@ -171,8 +174,8 @@ def build_request(doc: Document, prompt: Prompt, model: ModelSpec, max_tokens: i
 
 
 def make_request(custom_id: str, doc_id: str, prompt_name: str, model: ModelSpec, max_tokens: int,
-                 user_content: str | list, extra_betas: tuple[str, ...] = (),
-                 meta: dict | None = None, identity_content: list | None = None) -> PlannedRequest:
+                 user_content: str | list, extra_betas: tuple[str, ...] = (), piece: Piece = Piece(),
+                 links: StepLinks | None = None, identity_content: list | None = None) -> PlannedRequest:
     """The one place a batch request is assembled, sized and fingerprinted. The fingerprint
     covers the exact params and betas, with `identity_content` (what a PDF block stands for)
     in place of the content when given."""
@@ -189,7 +192,7 @@ def make_request(custom_id: str, doc_id: str, prompt_name: str, model: ModelSpec
         Request(custom_id=custom_id, params={**params, "messages": [{"role": "user", "content": identity_content}]}))
     fingerprint = hashlib.sha256(identity + json.dumps(sorted(betas)).encode()).hexdigest()
     return PlannedRequest(custom_id, doc_id, prompt_name, model.id, max_tokens, betas, params, len(body), fingerprint,
-                          meta)
+                          piece, links)
 
 
 def serialise(obj: object) -> bytes:

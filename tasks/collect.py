@@ -11,7 +11,8 @@ from pathlib import Path
 import anthropic
 
 from longbatch.failpoints import failpoint
-from longbatch.ledger import BatchRecord, Ledger
+from longbatch.ledger import Ledger
+from longbatch.records import MISSING_RESULT, BatchRecord, RequestState, ResultRecord
 from tasks.batches import download_results
 from tasks.reports import ReportContext, outcome_cost, write_report
 from tasks.results import read_outcomes
@@ -51,24 +52,17 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
             ctx = ReportContext(request, attempt, record.id, record.api_id, record.created_at, record.ended_at)
             report_path = str(write_report(data_dir / "reports", outcome, ctx))
             failpoint("after-report")
-            state = "succeeded"
-        elif outcome.retryable:
-            state = "retryable"
+            state = RequestState.SUCCEEDED
         else:
-            state = "failed"
+            state = RequestState.RETRYABLE if outcome.retryable else RequestState.FAILED
         ledger.record_result(
-            {
-                "batch_id": record.api_id, "custom_id": outcome.custom_id, "fingerprint": fingerprint,
-                "attempt": attempt, "result_type": outcome.result_type, "stop_reason": outcome.stop_reason,
-                "truncated": outcome.truncated, "input_tokens": outcome.input_tokens,
-                "output_tokens": outcome.output_tokens, "cache_creation_tokens": outcome.cache_creation_tokens,
-                "cache_read_tokens": outcome.cache_read_tokens, "cost_usd": outcome_cost(outcome),
-                "error_type": outcome.error_type, "error_message": outcome.error_message,
-                "message_id": outcome.message_id, "report_path": report_path,
-            },
+            ResultRecord(record.api_id, outcome.custom_id, fingerprint, attempt, outcome.result_type,
+                         outcome.stop_reason, outcome.truncated, outcome.input_tokens, outcome.output_tokens,
+                         outcome.cache_creation_tokens, outcome.cache_read_tokens, outcome_cost(outcome),
+                         outcome.error_type, outcome.error_message, outcome.message_id, report_path),
             state,
-            (outcome.error_type or (outcome.result_type if state != "succeeded" else None),
-             outcome.error_message if state != "succeeded" else None),
+            (outcome.error_type or (outcome.result_type if state != RequestState.SUCCEEDED else None),
+             outcome.error_message if state != RequestState.SUCCEEDED else None),
         )
         stats.add(outcome.result_type)
         failpoint("mid-results")
@@ -79,8 +73,8 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
     for custom_id in set(members) - seen:
         # The API promises a line per request; if one is missing, the request may be retried.
         fingerprint, _ = members[custom_id]
-        ledger.set_request_state([fingerprint], "retryable", error_type="missing_result",
-                                 error_message=f"batch {record.api_id} returned no result for it")
+        ledger.set_request_state([fingerprint], RequestState.RETRYABLE, MISSING_RESULT,
+                                 f"batch {record.api_id} returned no result for it")
         stats.add("missing")
     ledger.mark_collected(record.id)
     failpoint("after-collected")
@@ -91,12 +85,12 @@ def settle_retries(ledger: Ledger, max_attempts: int) -> list[str]:
     """Requeue retryable requests that have attempts left; fail the rest with their last
     error. Returns the fingerprints requeued."""
     requeued = []
-    for req in ledger.requests_in_state("retryable"):
-        if req["attempts"] < max_attempts:
-            if ledger.requeue(req["fingerprint"], "retryable"):
-                requeued.append(req["fingerprint"])
+    for req in ledger.requests_in_state(RequestState.RETRYABLE):
+        if req.attempts < max_attempts:
+            if ledger.requeue(req.fingerprint, RequestState.RETRYABLE):
+                requeued.append(req.fingerprint)
         else:
             ledger.set_request_state(
-                [req["fingerprint"]], "failed", error_type=req["error_type"],
-                error_message=f"gave up after {req['attempts']} attempts; last: {req['error_message']}")
+                [req.fingerprint], RequestState.FAILED, req.error_type,
+                f"gave up after {req.attempts} attempts; last: {req.error_message}")
     return requeued

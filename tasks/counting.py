@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 import anthropic
 
 from longbatch.catalog import ModelSpec
+from longbatch.transient import tolerate_transient
 from tasks.build import count_key, count_params
 from tasks.ingest import Document
 from tasks.plan import Plan
@@ -47,15 +48,10 @@ def count_near_limits(
         if wait > 0:
             time.sleep(wait)
         last = time.monotonic()
-        try:
-            counted = client.messages.count_tokens(**count_params(doc, prompt, model, native)).input_tokens
-        except Exception as exc:  # noqa: BLE001 - a transient failure leaves the estimate in charge
-            from tasks.batches import is_transient
-
-            if not is_transient(exc):
-                raise
-            log.warning("%s: count_tokens failed (%s); its fit is decided by the estimate this time",
-                        doc.source, type(exc).__name__)
+        counted = tolerate_transient(
+            lambda: client.messages.count_tokens(**count_params(doc, prompt, model, native)).input_tokens, None,
+            f"{doc.source}: count_tokens failed; its fit is decided by the estimate this time", log)
+        if counted is None:
             continue
         log.info("%s (%s): %d input tokens by count_tokens", doc.source, prompt.name, counted)
         cache[key] = counted

@@ -11,20 +11,20 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from pathlib import Path
 
 from longbatch.catalog import ModelSpec
-from longbatch.errors import LongbatchError
-from longbatch.tokens import CALIBRATION, ERROR_BAND, cl100k_count
+from longbatch.errors import PdfChangedError
+from longbatch.tokens import estimate_tokens
 from tasks.ingest import Document
 
 MAX_REQUEST_BYTES = 32 * 1024 * 1024
 # Room kept in those 32 MB for the JSON around the base64 and the instructions.
 REQUEST_BYTES_MARGIN = 64 * 1024
+NATIVE_MAX_BYTES = MAX_REQUEST_BYTES - REQUEST_BYTES_MARGIN  # what one native request may take
 PAGES_ON_1M_WINDOW = 600
 PAGES_BELOW_1M_WINDOW = 100
 # Image tokens per page: about width x height / 750 once scaled to at most 1568 px on the long
@@ -32,10 +32,6 @@ PAGES_BELOW_1M_WINDOW = 100
 # letter page, the estimate; the bound keeps 10 % over that cap.
 PAGE_IMAGE_TOKENS = 1_600
 PAGE_IMAGE_TOKENS_UPPER = 1_760
-
-
-class PdfChangedError(LongbatchError):
-    pass
 
 
 def page_limit(model: ModelSpec) -> int:
@@ -50,12 +46,10 @@ class PageCost:
 
 def page_costs(doc: Document, model: ModelSpec) -> list[PageCost]:
     """What each page costs as a document block: its text tokens plus its image."""
-    factor = CALIBRATION[model.tokenizer]
     out = []
     for text in doc.pages:
-        cl100k = cl100k_count(text)
-        out.append(PageCost(math.ceil(cl100k * factor) + PAGE_IMAGE_TOKENS,
-                            math.ceil(cl100k * factor * (1 + ERROR_BAND)) + PAGE_IMAGE_TOKENS_UPPER))
+        est = estimate_tokens(text, model.tokenizer)
+        out.append(PageCost(est.estimate + PAGE_IMAGE_TOKENS, est.upper + PAGE_IMAGE_TOKENS_UPPER))
     return out
 
 

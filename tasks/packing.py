@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from longbatch.errors import RequestTooLargeError
 from tasks.build import PlannedRequest
 
 MAX_REQUESTS = 100_000
@@ -26,10 +27,6 @@ class BatchPlan:
     def body_bytes(self) -> int:
         """Serialized size of the create body: the requests, commas between them, the envelope."""
         return _ENVELOPE + sum(r.body_bytes for r in self.requests) + max(len(self.requests) - 1, 0)
-
-
-class RequestTooLargeError(ValueError):
-    pass
 
 
 def pack(

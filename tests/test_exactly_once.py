@@ -126,7 +126,7 @@ def test_twenty_percent_faults_everywhere_complete_with_no_duplicates(tmp_path, 
     ledger = Ledger.for_data_dir(data_dir)
     for cid, n in created.items():
         attempts = ledger.usage_rows()
-        assert n == sum(1 for r in attempts if r["custom_id"] == cid), cid
+        assert n == sum(1 for r in attempts if r.result.custom_id == cid), cid
     ledger.close()
     assert faults.get("create:dropped", 0) >= 1 and sum(faults.values()) >= 5, faults
 
@@ -166,6 +166,7 @@ def test_two_lost_creates_of_equal_size_are_told_apart_by_custom_ids(tmp_path, m
     import anthropic
 
     from longbatch.ledger import Ledger
+    from longbatch.records import NewRequest
     from tasks import batches as batch_io
 
     config = SimConfig(processing_seconds=0.1)
@@ -173,9 +174,7 @@ def test_two_lost_creates_of_equal_size_are_told_apart_by_custom_ids(tmp_path, m
         client = anthropic.Anthropic(api_key="k", base_url=server.url, max_retries=0)
         ledger = Ledger.for_data_dir(tmp_path)
         for fp, cid in (("a" * 64, "first--report"), ("b" * 64, "second--report")):
-            ledger.claim({"fingerprint": fp, "custom_id": cid, "doc_id": cid.split("--")[0], "source": cid,
-                          "sha256": "0" * 64, "prompt": "report", "model": "claude-sonnet-4-6",
-                          "max_tokens": 1000, "betas": ""})
+            ledger.claim(NewRequest(fp, cid, cid.split("--")[0], cid, "0" * 64, "report", "claude-sonnet-4-6", 1000, ()))
         lost, _ = ledger.record_intent((), [("first--report", "a" * 64)])  # never reached the server
         ledger.record_create_failed(lost, "HTTP 500", unknown=True)
         dropped, _ = ledger.record_intent((), [("second--report", "b" * 64)])  # made, answer lost
@@ -186,8 +185,8 @@ def test_two_lost_creates_of_equal_size_are_told_apart_by_custom_ids(tmp_path, m
         adopted = batch_io.recover_unknown_batches(client, ledger, 0.0, tmp_path / "results")
         assert len(adopted) == 1
         assert {b.id for b in ledger.batches_in_state("submitted")} == {dropped}
-        assert ledger.request("a" * 64)["state"] == "queued"  # only the lost one goes out again
-        assert ledger.request("b" * 64)["state"] == "submitted"
+        assert ledger.request("a" * 64).state == "queued"  # only the lost one goes out again
+        assert ledger.request("b" * 64).state == "submitted"
         ledger.close()
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows.process import BudgetExceededError, RunParameters, collect_batches, process_documents
+from flows.process import RunParameters, collect_batches, process_documents
+from longbatch.errors import BudgetExceededError
 
 
 @pytest.fixture(autouse=True)
@@ -238,11 +239,13 @@ def test_model_facts_come_from_the_models_api_when_online(data_dir, corpus, monk
 
 
 def ledger_inputs(data_dir: Path) -> list[dict]:
+    from dataclasses import asdict
+
     from longbatch.ledger import Ledger
 
     ledger = Ledger.for_data_dir(data_dir)
     try:
-        return ledger.usage_rows()
+        return [{**asdict(u.result), "source": u.source} for u in ledger.usage_rows()]
     finally:
         ledger.close()
 
@@ -264,12 +267,13 @@ def test_retired_model_is_refused_with_its_replacement(data_dir, monkeypatch):
 
 def test_changed_output_budget_supersedes_unsent_work(data_dir, api):
     write(data_dir / "inbox", "a.txt", PROSE)
-    from flows.process import claim_plan, build_plan
+    from flows.planning import build_plan
     from longbatch.ledger import Ledger
+    from tasks.claim import claim_plan
 
     # An older plan's request, queued but never sent (say, a run stopped before submitting).
     old_params = RunParameters(data_dir=str(data_dir), max_output_tokens=1_000)
-    old_plan, _ = build_plan(old_params, old_params.settings())
+    old_plan, _ = build_plan(old_params.settings())
     ledger = Ledger.for_data_dir(data_dir)
     claim_plan(ledger, old_plan)
     ledger.close()
@@ -279,7 +283,7 @@ def test_changed_output_budget_supersedes_unsent_work(data_dir, api):
     ledger = Ledger.for_data_dir(data_dir)
     old = ledger.request(old_plan.requests[0].fingerprint)
     ledger.close()
-    assert old["state"] == "failed" and old["error_type"] == "superseded"
+    assert old.state == "failed" and old.error_type == "superseded"
     assert read_summary(data_dir)["a.txt"]["granted_max_tokens"] == 2_000
 
 

@@ -9,11 +9,12 @@ import pytest
 
 from longbatch.errors import ConfigError
 from longbatch.ledger import SCHEMA_VERSION, Ledger
+from longbatch.piece import Piece, PieceKind
+from longbatch.records import NewRequest, StepRecipe, StepState
 
 
-def request_row(fp: str = "f" * 64) -> dict:
-    return {"fingerprint": fp, "custom_id": "doc--report", "doc_id": "doc", "source": "doc.txt", "sha256": "0" * 64,
-            "prompt": "report", "model": "claude-sonnet-4-6", "max_tokens": 1000, "betas": ""}
+def request_row(fp: str = "f" * 64, custom_id: str = "doc--report") -> NewRequest:
+    return NewRequest(fp, custom_id, "doc", "doc.txt", "0" * 64, "report", "claude-sonnet-4-6", 1000, ())
 
 
 def test_claim_is_won_once_even_by_racing_threads(tmp_path):
@@ -40,7 +41,7 @@ def test_intent_takes_each_request_once(tmp_path):
     second_id, second = ledger.record_intent((), [("doc--report", "f" * 64)])
     assert first == ["doc--report"] and second == []
     assert [b.id for b in ledger.batches_in_state("intent")] == [first_id]
-    assert ledger.request("f" * 64)["attempts"] == 1
+    assert ledger.request("f" * 64).attempts == 1
 
 
 def test_create_that_never_happened_does_not_count_as_an_attempt(tmp_path):
@@ -49,7 +50,7 @@ def test_create_that_never_happened_does_not_count_as_an_attempt(tmp_path):
     batch_id, _ = ledger.record_intent((), [("doc--report", "f" * 64)])
     ledger.record_create_failed(batch_id, "HTTP 400", unknown=False)
     row = ledger.request("f" * 64)
-    assert (row["state"], row["attempts"], row["error_type"]) == ("failed", 0, "create_failed")
+    assert (row.state, row.attempts, row.error_type) == ("failed", 0, "create_failed")
 
 
 def test_opening_a_v1_ledger_migrates_it(tmp_path):
@@ -80,11 +81,12 @@ def test_opening_a_v3_ledger_keeps_its_requests_and_adds_split_support(tmp_path)
         conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     ledger = Ledger.for_data_dir(tmp_path)
     [row] = ledger.requests_in_state("queued")
-    assert row["meta"] is None and row["fingerprint"] == request_row()["fingerprint"]
-    node = {"key": "k1", "final_key": "k1", "custom_id": "doc--report-f", "source": "a.txt", "prompt": "report",
-            "role": "final"}
-    assert ledger.claim_reduction(node) and not ledger.claim_reduction(node)  # one recipe, claimed once
-    assert [r["key"] for r in ledger.reductions_in_state("waiting")] == ["k1"]
+    assert row.piece == Piece() and row.fingerprint == request_row().fingerprint  # no meta: a whole document
+    step = StepRecipe("k1", "doc--report-f", Piece(PieceKind.FINAL, reduction="k1"), "doc", "a.txt", "0" * 64, None,
+                      "report", "0" * 64, "claude-sonnet-4-6", (), (), (), 1000, (), 0, "k1")
+    assert ledger.claim_reduction(step) and not ledger.claim_reduction(step)  # one recipe, claimed once
+    [waiting] = ledger.reductions_in_state(StepState.WAITING)
+    assert waiting.key == "k1" and waiting.recipe == step  # read back as it was written
     ledger.close()
 
 
@@ -106,7 +108,7 @@ def test_database_url_is_honoured(tmp_path):
 def test_a_creator_takes_its_batch_back_from_a_mistaken_adoption(tmp_path):
     ledger = Ledger.for_data_dir(tmp_path)
     ledger.claim(request_row("a" * 64))
-    ledger.claim({**request_row("b" * 64), "custom_id": "other--report"})
+    ledger.claim(request_row("b" * 64, "other--report"))
     mine, _ = ledger.record_intent((), [("doc--report", "a" * 64)])
     theirs, _ = ledger.record_intent((), [("other--report", "b" * 64)])
     ledger.record_create_failed(mine, "HTTP 500", unknown=True)
@@ -114,6 +116,6 @@ def test_a_creator_takes_its_batch_back_from_a_mistaken_adoption(tmp_path):
     ledger.record_created(theirs, "msgbatch_x", 1.0)  # the real creator heard back
     states = {b.id: (b.state, b.api_id) for b in ledger.batches_in_state("unknown", "submitted")}
     assert states == {mine: ("unknown", None), theirs: ("submitted", "msgbatch_x")}
-    assert ledger.request("a" * 64)["state"] == "submitting"
+    assert ledger.request("a" * 64).state == "submitting"
     ledger.record_created(mine, "msgbatch_x", 1.0, adopted=True)  # and it cannot be taken again
     assert {b.id for b in ledger.batches_in_state("submitted")} == {theirs}

@@ -18,7 +18,10 @@ from simulator.engine import SimConfig
 from simulator.server import SimulatorServer
 from tasks.build import count_params
 from tasks.ingest import Document, read_document
-from tasks.plan import FAILED, PART, READY, make_plan, rebuild_request
+from longbatch.piece import Piece, PieceKind
+from longbatch.records import RequestRecord
+from tasks.plan import FAILED, READY, make_plan
+from tasks.rebuild import rebuild_request
 from tasks.prompts import load_prompts
 
 
@@ -55,7 +58,7 @@ def test_a_pdf_within_the_limits_is_sent_as_the_file_itself(prompts, corpus, cli
     plan = make_plan([doc], prompts, model, 20_000, 4_096, pdf_mode="native")
     (row,) = plan.rows
     (req,) = plan.requests
-    assert row.status == READY and req.meta == {"role": "whole", "pdf_mode": "native"}
+    assert row.status == READY and req.piece == Piece(PieceKind.WHOLE, pdf_mode="native")
     block, text = req.params["messages"][0]["content"]
     data = base64.b64decode(block["source"]["data"])
     assert hashlib.sha256(data).hexdigest() == doc.sha256  # the very file, not a rewrite
@@ -83,7 +86,7 @@ def test_more_pages_than_a_request_takes_go_in_page_ranges(model_id, limit, prom
     assert len(doc.pages) == 800
     model = get_model(model_id)
     plan = make_plan([doc], prompts, model, None, 4_096, pdf_mode="native")
-    parts = [r for r in plan.rows if r.status == PART]
+    parts = [r for r in plan.rows if r.piece.kind == PieceKind.PART]
     assert plan.rows[0].status == READY and plan.rows[0].parts == len(parts) >= 800 // limit + 1
     first = 1
     for row, req in zip(parts, plan.requests):
@@ -112,16 +115,12 @@ def test_native_requests_rebuild_identically_from_the_inbox(prompts, corpus, tmp
     shutil.copy(corpus / "pdf/paper_tracemonkey_pldi2009_14p.pdf", inbox / "paper.pdf")
     docs = [ingest(p) for p in sorted(inbox.iterdir())]
     plan = make_plan(docs, prompts, get_model("claude-sonnet-4-5"), None, 4_096, pdf_mode="native")
-    import json
-
     assert len(plan.requests) >= 5  # the paper whole, the 310 pages in at least 4 ranges
     for req in plan.requests:
         doc = next(d for d in docs if d.doc_id == req.doc_id)
-        row = {"source": doc.source, "sha256": doc.sha256, "prompt": req.prompt, "model": req.model,
-               "max_tokens": req.max_tokens, "betas": ",".join(req.betas), "fingerprint": req.fingerprint,
-               "meta": json.dumps(req.meta)}
-        again = rebuild_request(row, inbox, tmp_path)
-        assert not isinstance(again, str), again
+        record = RequestRecord(req.fingerprint, req.custom_id, req.doc_id, doc.source, doc.sha256, req.prompt,
+                               req.model, req.max_tokens, req.betas, req.piece, req.links)
+        again = rebuild_request(record, inbox, tmp_path)
         assert again.fingerprint == req.fingerprint and again.params == req.params
 
 
@@ -190,16 +189,19 @@ def test_a_scan_without_text_is_refused_as_text_but_read_natively(prompts, corpu
 
 def test_a_pdf_over_the_request_size_goes_in_smaller_page_ranges(prompts, corpus, monkeypatch):
     import tasks.plan
+    import tasks.split_plan
 
     # The 32 MB limit scaled down to this 1 MB paper (page 11 alone is 0.67 MB: a heavy figure):
     # the same rule at a size a test can hold.
-    monkeypatch.setattr(tasks.plan, "NATIVE_MAX_BYTES", 1_000_000)
+    for module in (tasks.plan, tasks.split_plan):
+        monkeypatch.setattr(module, "NATIVE_MAX_BYTES", 1_000_000)
     doc = ingest(corpus / "pdf/paper_tracemonkey_pldi2009_14p.pdf")
     plan = make_plan([doc], prompts, get_model("claude-sonnet-4-6"), 8_000, 4_096, pdf_mode="native")
-    parts = [r for r in plan.rows if r.status == PART]
+    parts = [r for r in plan.rows if r.piece.kind == PieceKind.PART]
     assert plan.rows[0].status == READY and len(parts) >= 3
     assert all(req.body_bytes <= 1_000_000 for req in plan.requests)
     assert sum(r.pages for r in parts) == 14 and parts[0].covers.startswith("pages 1–")
-    monkeypatch.setattr(tasks.plan, "NATIVE_MAX_BYTES", 400_000)  # now page 11 alone is too big
+    for module in (tasks.plan, tasks.split_plan):
+        monkeypatch.setattr(module, "NATIVE_MAX_BYTES", 400_000)  # now page 11 alone is too big
     (row,) = make_plan([doc], prompts, get_model("claude-sonnet-4-6"), 8_000, 4_096, pdf_mode="native").rows
     assert row.status == "does_not_fit" and "page 11 is over 0.4 MB" in row.reason

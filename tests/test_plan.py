@@ -8,6 +8,7 @@ import pytest
 
 from longbatch.catalog import OUTPUT_300K_BETA, get_model
 from longbatch.errors import UnknownModelError
+from longbatch.piece import Piece, PieceKind
 from tasks.build import CUSTOM_ID_RE, build_request, make_custom_id, serialise
 from tasks.fit import WINDOW_MARGIN, check_fit
 from tasks.ingest import Document
@@ -83,7 +84,10 @@ def test_custom_ids_follow_api_rule(doc_id, prompt):
     cid = make_custom_id(doc_id, prompt)
     assert CUSTOM_ID_RE.match(cid) and len(cid) <= 64
     assert make_custom_id(doc_id, prompt) == cid  # deterministic
-    assert make_custom_id(doc_id, prompt, "p3") != cid
+    # Every piece of a split document has its own id, still within the rule at the largest numbers.
+    pieces = [Piece(PieceKind.PART, 999, 999), Piece(PieceKind.MERGE, 999), Piece(PieceKind.FINAL)]
+    ids = {make_custom_id(doc_id, prompt, piece) for piece in pieces} | {cid}
+    assert len(ids) == 4 and all(CUSTOM_ID_RE.match(i) and len(i) <= 64 for i in ids)
 
 
 def test_long_prompt_names_stay_distinct():

@@ -11,7 +11,8 @@ from longbatch.catalog import get_model
 from longbatch.tokens import cl100k_count
 from tasks.fit import WINDOW_MARGIN
 from tasks.ingest import Document, read_document
-from tasks.plan import PART, READY, REDUCE, make_plan
+from longbatch.piece import PieceKind
+from tasks.plan import READY, make_plan
 from tasks.prompts import load_prompts
 from tasks.split import balanced_parts, part_body, split_units
 
@@ -126,8 +127,9 @@ def test_plan_splits_only_what_does_not_fit(prompts):
     assert [r.status for r in doc_rows] == [READY, READY]
     assert doc_rows[0].parts is None and doc_rows[0].custom_id
     big_row = doc_rows[1]
-    part_rows = [r for r in plan.rows if r.status == PART]
-    steps = [r for r in plan.rows if r.status == REDUCE]
+    part_rows = [r for r in plan.rows if r.piece.kind == PieceKind.PART]
+    steps = [r for r in plan.rows if r.piece.is_step]
+    assert all(r.status == READY for r in part_rows + steps)  # a kind apart from the status
     assert big_row.parts == len(part_rows) >= 2 and big_row.custom_id is None
     assert [r.part for r in part_rows] == [f"{i}/{len(part_rows)}" for i in range(1, len(part_rows) + 1)]
     assert steps[-1].part == "final" and steps[-1].reduction == big_row.reduction
@@ -151,13 +153,13 @@ def test_many_parts_on_a_small_window_are_combined_in_levels(prompts, corpus):
     model = get_model("claude-sonnet-4-5")  # 200K window, 64K final output
     # At least 16K per part report: one step cannot take all of them with a 64K output.
     plan = make_plan([doc], prompts, model, None, 16_000)
-    steps = [r for r in plan.rows if r.status == REDUCE]
+    steps = [r for r in plan.rows if r.piece.is_step]
     merges = [s for s in steps if s.part.startswith("merge")]
     assert merges and steps[-1].part == "final"
     final = plan.reductions[-1]
-    assert final.role == "final" and all(c.get("reduction") for c in final.children)
+    assert final.piece.kind == PieceKind.FINAL and all(c.reduction for c in final.children)
     # Each merge step combines a run of consecutive parts; together they cover every part once.
-    leaves = [c["fingerprint"] for n in plan.reductions if n.role == "merge" for c in n.children]
+    leaves = [c.fingerprint for n in plan.reductions if n.piece.kind == PieceKind.MERGE for c in n.children]
     assert leaves == [r.fingerprint for r in plan.requests]
     for s in steps:
         assert s.upper_input_tokens + s.granted_max_tokens + WINDOW_MARGIN <= model.context_window
@@ -176,9 +178,9 @@ def test_same_split_plan_twice_gives_the_same_keys(prompts):
 
 
 def test_a_part_is_rebuilt_identically_from_the_inbox(prompts, tmp_path):
-    import json
-
-    from tasks.plan import rebuild_request
+    from longbatch.errors import NotRebuildable
+    from longbatch.records import RequestRecord
+    from tasks.rebuild import rebuild_request
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -187,13 +189,12 @@ def test_a_part_is_rebuilt_identically_from_the_inbox(prompts, tmp_path):
     plan = make_plan([doc], prompts, get_model("claude-sonnet-4-5"), 16_000, 4_096)
     assert len(plan.requests) >= 2
     for req in plan.requests:
-        row = {"source": doc.source, "sha256": doc.sha256, "prompt": req.prompt, "model": req.model,
-               "max_tokens": req.max_tokens, "betas": ",".join(req.betas), "fingerprint": req.fingerprint,
-               "meta": json.dumps(req.meta)}
-        again = rebuild_request(row, inbox, tmp_path)
-        assert not isinstance(again, str) and again.fingerprint == req.fingerprint
+        record = RequestRecord(req.fingerprint, req.custom_id, req.doc_id, doc.source, doc.sha256, req.prompt,
+                               req.model, req.max_tokens, req.betas, req.piece, req.links)
+        assert rebuild_request(record, inbox, tmp_path).fingerprint == req.fingerprint
     (inbox / "book.md").write_text("changed", encoding="utf-8")
-    assert "changed since it was planned" in rebuild_request(row, inbox, tmp_path)
+    with pytest.raises(NotRebuildable, match="changed since it was planned"):
+        rebuild_request(record, inbox, tmp_path)
 
 
 def test_a_window_too_small_for_any_part_is_refused_with_reasons(prompts):

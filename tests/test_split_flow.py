@@ -19,6 +19,8 @@ from flows.process import RunParameters, collect_batches, process_documents
 from longbatch.catalog import get_model
 from longbatch.failpoints import SPLIT_POINTS
 from longbatch.ledger import Ledger
+from longbatch.piece import PieceKind
+from longbatch.records import RequestRecord, RequestState, StepState
 from simulator.engine import SimConfig
 from simulator.server import SimulatorServer
 from tasks.ingest import read_document
@@ -55,14 +57,14 @@ def api_env(monkeypatch, server: SimulatorServer) -> None:
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-split-test")
 
 
-def part_requests(data_dir: Path, source: str) -> list[dict]:
+def part_requests(data_dir: Path, source: str) -> list[RequestRecord]:
     ledger = Ledger.for_data_dir(data_dir)
     try:
-        rows = [r for r in ledger.requests_in_state("succeeded", "failed", "queued", "submitted")
-                if r["source"] == source and r["meta"] and json.loads(r["meta"])["role"] == "part"]
+        rows = [r for r in ledger.requests_in_state(*RequestState)
+                if r.source == source and r.piece.kind == PieceKind.PART]
     finally:
         ledger.close()
-    return sorted(rows, key=lambda r: json.loads(r["meta"])["index"])
+    return sorted(rows, key=lambda r: r.piece.index)
 
 
 def test_two_and_a_half_million_tokens_become_parts_and_one_report(data_dir, corpus, monkeypatch, capsys):
@@ -85,7 +87,7 @@ def test_two_and_a_half_million_tokens_become_parts_and_one_report(data_dir, cor
         assert main(["plan", "--data-dir", str(data_dir)]) == 0
         printed = capsys.readouterr().out
         plan = pd.read_csv(data_dir / "plan.csv", keep_default_na=False)
-        parts = plan[plan["status"] == "part"]
+        parts = plan[plan["piece"] == "part"]
         final = plan[plan["part"] == "final"]
         assert len(parts) >= 3 and len(final) == 1
         assert all(f"{i}/{len(parts)}" in printed for i in range(1, len(parts) + 1))
@@ -118,10 +120,10 @@ def test_two_and_a_half_million_tokens_become_parts_and_one_report(data_dir, cor
 
     # No part breaks a sentence, and together the parts are the whole text.
     doc = read_document(data_dir / "inbox" / "archive.txt", data_dir / "inbox")
-    spans = [json.loads(r["meta"]) for r in part_requests(data_dir, "archive.txt")]
-    assert spans[0]["start"] == 0 and spans[-1]["end"] == len(doc.body)
-    assert all(a["end"] == b["start"] for a, b in zip(spans, spans[1:]))
-    assert all(ends_cleanly(doc.body, s["end"]) for s in spans)
+    spans = [r.piece.span for r in part_requests(data_dir, "archive.txt")]
+    assert spans[0].start == 0 and spans[-1].end == len(doc.body)
+    assert all(a.end == b.start for a, b in zip(spans, spans[1:]))
+    assert all(ends_cleanly(doc.body, s.end) for s in spans)
 
     # The final report says what each part covered; its metadata links every part request.
     report = data_dir / row["report"]
@@ -152,7 +154,7 @@ def test_a_failed_part_fails_the_document_and_names_the_part(data_dir, monkeypat
     assert "invalid_request_error" in row["reason"] and "lines" in row["reason"]
     assert not any(c.endswith("-f") for c in sent)  # nothing combined from an incomplete set
     parts = part_requests(data_dir, "minutes.txt")
-    assert sorted(p["state"] for p in parts).count("failed") == 1
+    assert sorted(p.state for p in parts).count("failed") == 1
     assert all((data_dir / "reports").rglob("report.part-*.md"))
 
 
@@ -175,25 +177,25 @@ def test_no_wait_then_collect_finishes_and_a_rerun_sends_nothing(data_dir, monke
         for md in (data_dir / "reports").rglob("report.part-*.md"):
             md.unlink()
         ledger = Ledger.for_data_dir(data_dir)
-        final = next(r for r in ledger.reductions_in_state("built") if r["role"] == "final")
-        again = build_reduce_request(ledger, json.loads(final["data"]), data_dir)
+        final = next(r for r in ledger.reductions_in_state(StepState.BUILT) if r.recipe.piece.kind == PieceKind.FINAL)
+        again = build_reduce_request(ledger, final.recipe, data_dir)
         ledger.close()
     assert done["status"] == "complete" and done["parts"] >= 2
     assert done["cost_usd"] > 0 and done["output_tokens"] > 300  # every part's output and the final's
-    assert again.fingerprint == final["fingerprint"]
+    assert again.fingerprint == final.fingerprint
 
 
 def test_the_budget_counts_every_part_and_step_and_status_shows_steps(data_dir, monkeypatch, capsys):
     from flows.cli import main
-    from flows.process import BudgetExceededError
+    from longbatch.errors import BudgetExceededError
 
     (data_dir / "inbox" / "minutes.txt").write_text(minutes(250), encoding="utf-8")
     # The plan the run will make (the service reports a 30K window): parts, then the final step.
     model = dataclasses.replace(get_model("claude-sonnet-4-6"), context_window=30_000)
     offline = make_plan([read_document(data_dir / "inbox" / "minutes.txt", data_dir / "inbox")],
                         load_prompts(["report"], data_dir), model, 2_000, 8_192)
-    parts_cost = sum(r.max_cost_usd for r in offline.rows if r.status == "part")
-    step_cost = sum(r.max_cost_usd for r in offline.rows if r.status == "reduce")
+    parts_cost = sum(r.max_cost_usd for r in offline.rows if r.piece.kind == PieceKind.PART)
+    step_cost = sum(r.max_cost_usd for r in offline.rows if r.piece.is_step)
     assert parts_cost > 0 and step_cost > 0
     with SimulatorServer(SimConfig(processing_seconds=0.2, output_tokens=300, model_overrides=SMALL_WINDOW)) as server:
         api_env(monkeypatch, server)
@@ -203,9 +205,9 @@ def test_the_budget_counts_every_part_and_step_and_status_shows_steps(data_dir, 
         assert not server.sim.create_log
         process_documents(RunParameters(data_dir=str(data_dir), max_output_tokens=2_000, wait=False))
     ledger = Ledger.for_data_dir(data_dir)
-    plan = json.loads(ledger.plan()[0]["data"])
+    plan = ledger.plan()[0].row
     ledger.close()
-    assert plan["parts"] >= 2 and plan["max_cost_usd"] == pytest.approx(parts_cost + step_cost, abs=1e-5)
+    assert plan.parts >= 2 and plan.max_cost_usd == pytest.approx(parts_cost + step_cost, abs=1e-5)
     assert main(["status", "--data-dir", str(data_dir)]) == 0
     assert "Steps combining part reports: 1 waiting" in capsys.readouterr().out
 

@@ -1,0 +1,30 @@
+"""`longbatch plan`: ingest and plan without Prefect, and send nothing."""
+
+from __future__ import annotations
+
+import anthropic
+
+from longbatch.api import model_from_api
+from longbatch.catalog import ModelSpec, get_model
+from longbatch.settings import Settings
+from tasks.counting import count_near_limits
+from tasks.ingest import Document, discover, read_document
+from tasks.plan import Plan, plan_for
+from tasks.prompts import load_prompts
+
+
+def build_plan(settings: Settings, client: anthropic.Anthropic | None = None) -> tuple[Plan, ModelSpec]:
+    """The plan `longbatch run` would make now. With a client, the model's facts come from the
+    Models API and documents near a limit are counted exactly (count_tokens is free and sends
+    no work)."""
+    prompts = load_prompts(settings.prompts, settings.data_dir)
+    inbox = settings.inbox_dir
+    items = [read_document(path, inbox, settings.pdf_mode == "native") for path in discover(inbox)]
+    model = get_model(settings.model) if client is None else model_from_api(client, settings.model)
+    plan = plan_for(items, prompts, model, settings)
+    if client is not None and (settings.exact_count or any(r.needs_exact for r in plan.rows)):
+        docs = [d for d in items if isinstance(d, Document)]
+        counts = count_near_limits(client, plan, docs, prompts, model, {}, settings.count_tokens_per_minute,
+                                   everything=settings.exact_count)
+        plan = plan_for(items, prompts, model, settings, counts)
+    return plan, model

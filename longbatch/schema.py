@@ -1,0 +1,201 @@
+"""The ledger's schema: its tables, and the migrations that bring an older ledger up to date.
+
+Queries live in `longbatch/ledger.py`; this module only says what is stored and opens the
+database at the current schema.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from longbatch.errors import ConfigError
+
+SCHEMA_VERSION = 4
+
+metadata = sa.MetaData()
+
+meta = sa.Table("meta", metadata, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text))
+
+# The latest plan row per (document path, prompt): what summary.csv reports on.
+plan_rows = sa.Table(
+    "plan_rows", metadata,
+    sa.Column("source", sa.Text, primary_key=True),
+    sa.Column("prompt", sa.String(64), primary_key=True),
+    sa.Column("doc_id", sa.String(64), nullable=False),
+    sa.Column("sha256", sa.String(64)),
+    sa.Column("model", sa.String(64)),
+    sa.Column("status", sa.String(32), nullable=False),
+    sa.Column("reason", sa.Text),
+    sa.Column("fingerprint", sa.String(64)),
+    sa.Column("data", sa.Text),  # the whole plan row as JSON, for the summary
+    sa.Column("planned_at", sa.Float, nullable=False),
+)
+
+requests = sa.Table(
+    "requests", metadata,
+    sa.Column("fingerprint", sa.String(64), primary_key=True),
+    sa.Column("custom_id", sa.String(64), nullable=False),
+    sa.Column("doc_id", sa.String(64), nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("prompt", sa.String(64), nullable=False),
+    sa.Column("model", sa.String(64), nullable=False),
+    sa.Column("max_tokens", sa.Integer, nullable=False),
+    sa.Column("betas", sa.Text, nullable=False),
+    # queued -> submitting -> submitted -> succeeded | failed
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("batch_id", sa.String(64)),  # local id of the batch holding the current attempt
+    sa.Column("error_type", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    # A split document's part or combining step (schema 4), as JSON: which one, what it covers.
+    sa.Column("meta", sa.Text),
+)
+
+# Combining steps of split documents (schema 4): the recipe is known at plan time, the request
+# only once the reports it combines exist. waiting -> built (fingerprint set) | failed.
+reductions = sa.Table(
+    "reductions", metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("final_key", sa.String(64), nullable=False, index=True),
+    sa.Column("custom_id", sa.String(64), nullable=False),
+    sa.Column("source", sa.Text, nullable=False),
+    sa.Column("prompt", sa.String(64), nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("fingerprint", sa.String(64)),
+    sa.Column("error", sa.Text),
+    sa.Column("data", sa.Text, nullable=False),  # the whole ReduceNode as JSON
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+batches = sa.Table(
+    "batches", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # ours, made before the API knows the batch
+    sa.Column("api_id", sa.String(128), unique=True),
+    # intent -> submitted -> ended -> collected; or failed (never created) / unknown (outcome unknown)
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("betas", sa.Text, nullable=False),
+    sa.Column("request_count", sa.Integer, nullable=False),
+    sa.Column("intent_at", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float),
+    sa.Column("ended_at", sa.Float),
+    sa.Column("collected_at", sa.Float),
+    sa.Column("counts", sa.Text),
+    sa.Column("error", sa.Text),
+    # Found on the server after an unconfirmed create (schema 2): its custom_ids are checked
+    # against ours when its results arrive.
+    sa.Column("adopted", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+batch_members = sa.Table(
+    "batch_members", metadata,
+    sa.Column("batch_id", sa.String(64), sa.ForeignKey("batches.id"), primary_key=True),
+    sa.Column("custom_id", sa.String(64), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), sa.ForeignKey("requests.fingerprint"), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+)
+
+results = sa.Table(
+    "results", metadata,
+    sa.Column("batch_id", sa.String(64), primary_key=True),
+    sa.Column("custom_id", sa.String(64), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("result_type", sa.String(16), nullable=False),
+    sa.Column("stop_reason", sa.String(48)),
+    sa.Column("truncated", sa.Boolean),
+    sa.Column("input_tokens", sa.Integer, default=0),
+    sa.Column("output_tokens", sa.Integer, default=0),
+    sa.Column("cache_creation_tokens", sa.Integer, default=0),
+    sa.Column("cache_read_tokens", sa.Integer, default=0),
+    sa.Column("cost_usd", sa.Float, default=0.0),
+    sa.Column("error_type", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("message_id", sa.String(128)),
+    sa.Column("report_path", sa.Text),
+    sa.Column("received_at", sa.Float, nullable=False),
+)
+
+
+def _v1_to_v2(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE batches ADD COLUMN adopted BOOLEAN NOT NULL DEFAULT FALSE"))
+
+
+def _v2_to_v3(conn: Connection) -> None:
+    """token_counts is a new table: create_all has made it already; nothing else changes."""
+
+
+def _v3_to_v4(conn: Connection) -> None:
+    """Split documents: requests say which part they are; reductions is a new table."""
+    conn.execute(sa.text("ALTER TABLE requests ADD COLUMN meta TEXT"))
+
+
+# MIGRATIONS[n] takes a ledger from schema n to n + 1, inside the opening transaction.
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+
+
+# count_tokens answers, cached by what was counted (schema 3): free, but rate-limited.
+token_counts = sa.Table(
+    "token_counts", metadata,
+    sa.Column("key", sa.String(200), primary_key=True),  # model:document sha256:prompt sha256
+    sa.Column("input_tokens", sa.Integer, nullable=False),
+    sa.Column("counted_at", sa.Float, nullable=False),
+)
+
+
+def default_url(data_dir: Path) -> str:
+    return f"sqlite:///{(data_dir / 'ledger.sqlite').resolve()}"
+
+
+def open_engine(url: str) -> Engine:
+    """An engine on the ledger at `url`, its tables created or migrated to SCHEMA_VERSION."""
+    is_sqlite = url.startswith("sqlite")
+    if is_sqlite:
+        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, future=True, connect_args={"timeout": 60} if is_sqlite else {})
+    if is_sqlite:
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+    _migrate(engine, url)
+    return engine
+
+
+def _migrate(engine: Engine, url: str) -> None:
+    # Two processes opening a new ledger at once race to create the tables; the loser
+    # sees "already exists" and simply looks again.
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine)
+            break
+        except sa.exc.DBAPIError:
+            if attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+    try:
+        with engine.begin() as conn:
+            conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+    except sa.exc.IntegrityError:
+        pass  # an existing ledger (or a concurrent opener wrote it first)
+    with engine.begin() as conn:
+        found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one()
+        if int(found) > SCHEMA_VERSION:
+            raise ConfigError(
+                f"The ledger at {url} has schema {found}, newer than this longbatch ({SCHEMA_VERSION}): "
+                "upgrade longbatch."
+            )
+        for version in range(int(found), SCHEMA_VERSION):
+            MIGRATIONS[version](conn)
+            conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(version + 1)))

@@ -1,0 +1,85 @@
+"""Stage 4a — the exact request behind queued work that this run did not plan itself: a retry,
+work a crashed run left, or a combining step. Rebuilt from the inbox and the ledger, and checked
+by its fingerprint: what is sent is what was claimed, or nothing and the reason why.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from longbatch.catalog import get_model
+from longbatch.errors import LongbatchError, NotReady, NotRebuildable
+from longbatch.ledger import Ledger
+from longbatch.piece import PieceKind
+from longbatch.records import NOT_REBUILDABLE, RequestRecord, RequestState
+from tasks.build import PlannedRequest, build_native_request, build_request
+from tasks.ingest import IngestFailure, read_document
+from tasks.prompts import load_prompt
+from tasks.reduce import build_reduce_request
+from tasks.split import Part
+from tasks.split_plan import part_request
+
+
+def queued_requests(ledger: Ledger, inbox: Path, data_dir: Path,
+                    known: list[PlannedRequest] | None = None) -> list[PlannedRequest]:
+    """The exact requests behind the ledger's queued work: taken from `known` (this run's plan)
+    where there, rebuilt otherwise. One whose document or prompt changed since it was planned
+    cannot be rebuilt the same: it fails with the reason (the next `run` plans the new version)."""
+    by_fp = {r.fingerprint: r for r in known or []}
+    out = []
+    for record in ledger.requests_in_state(RequestState.QUEUED):
+        try:
+            out.append(by_fp.get(record.fingerprint) or rebuild(ledger, record, inbox, data_dir))
+        except NotRebuildable as exc:
+            ledger.set_request_state([record.fingerprint], RequestState.FAILED, NOT_REBUILDABLE, str(exc))
+    return out
+
+
+def rebuild(ledger: Ledger, record: RequestRecord, inbox: Path, data_dir: Path) -> PlannedRequest:
+    if record.piece.is_step:
+        return rebuild_step_request(ledger, record, data_dir)
+    return rebuild_request(record, inbox, data_dir)
+
+
+def rebuild_step_request(ledger: Ledger, record: RequestRecord, data_dir: Path) -> PlannedRequest:
+    """A combining step that was claimed but not sent."""
+    step = ledger.reduction(record.piece.reduction or "")
+    if step is None:
+        raise NotRebuildable("its combining step is not in the ledger")
+    try:
+        request = build_reduce_request(ledger, step.recipe, data_dir)
+    except (NotReady, LongbatchError) as exc:
+        raise NotRebuildable(f"cannot rebuild the combining step: {exc}") from exc
+    if request.fingerprint != record.fingerprint:
+        raise NotRebuildable("the part reports it combines changed since it was built")
+    return request
+
+
+def rebuild_request(record: RequestRecord, inbox: Path, data_dir: Path) -> PlannedRequest:
+    """A whole document's or a part's request, from the document and prompt it was made from."""
+    path = inbox / record.source
+    if not path.is_file():
+        raise NotRebuildable(f"{record.source} is no longer in the inbox ({inbox})")
+    piece = record.piece
+    native = piece.pdf_mode == "native"
+    doc = read_document(path, inbox, native_pdf=native)
+    if isinstance(doc, IngestFailure) or doc.sha256 != record.sha256:
+        raise NotRebuildable(f"{record.source} changed since it was planned; `longbatch run` plans the new version")
+    try:
+        prompt, model = load_prompt(record.prompt, data_dir), get_model(record.model)
+        if piece.kind == PieceKind.PART:
+            assert piece.span is not None
+            span = piece.span
+            part = Part(piece.index, piece.count, span.start, span.end, 0, piece.covers, span.first_page,
+                        span.last_page, span.hard_cut)
+            request = part_request(doc, part, prompt, model, record.max_tokens, record.betas, native)
+        elif native:
+            request = build_native_request(doc, prompt, model, record.max_tokens, record.betas)
+        else:
+            request = build_request(doc, prompt, model, record.max_tokens, record.betas)
+    except LongbatchError as exc:
+        raise NotRebuildable(f"cannot rebuild the request: {exc}") from exc
+    if request.fingerprint != record.fingerprint:
+        raise NotRebuildable(f"the prompt {record.prompt!r} changed since it was planned; `longbatch run` plans the "
+                             "new version")
+    return request
