@@ -50,3 +50,38 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     command = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest -q"
     assert command in readme and command in ci
+
+
+def test_a_workers_environment_reaches_a_run_started_from_a_deployment(tmp_path, monkeypatch):
+    """A deployment names no model; the worker's LONGBATCH_MODEL decides it. The run is started
+    through the API (as the UI's Run button does) and executed by a Prefect runner in its own
+    process, as a worker executes it."""
+    import asyncio
+    import shutil
+
+    import pandas as pd
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.runner import Runner
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(REPO / "data" / "inbox", data_dir / "inbox", ignore=shutil.ignore_patterns("problems"))
+    deployment = process_documents.to_deployment(
+        name="env-reaches-the-run", parameters={"params": RunParameters(data_dir=str(data_dir)).model_dump()})
+    deployment.apply()
+    assert deployment.parameters["params"]["model"] is None  # the form leaves the model to the environment
+    flow_run = run_deployment(f"process-documents/{deployment.name}", timeout=0)
+    monkeypatch.setenv("LONGBATCH_MODEL", "claude-opus-4-6")
+    monkeypatch.setenv("LONGBATCH_SIMULATE", "true")
+    monkeypatch.setenv("LONGBATCH_SIM_PROCESSING_SECONDS", "0.3")
+    monkeypatch.chdir(REPO)  # where a worker's pull step puts it (prefect.yaml: set_working_directory)
+    asyncio.run(Runner().execute_flow_run(flow_run.id))
+
+    async def final_state():
+        async with get_client() as client:
+            return (await client.read_flow_run(flow_run.id)).state
+
+    assert asyncio.run(final_state()).is_completed()
+    summary = pd.read_csv(data_dir / "reports" / "summary.csv")
+    assert len(summary) >= 4 and set(summary["model"]) == {"claude-opus-4-6"}
+    assert set(summary["status"]) == {"complete"}
