@@ -61,7 +61,8 @@ def _step(r: Mapping[str, Any]) -> StepRecord:
 def _plan(r: Mapping[str, Any]) -> PlanRecord:
     data = json.loads(r["data"])
     row = PlanRow(**{k: v for k, v in data.items() if k in _PLAN_ROW_FIELDS})
-    return PlanRecord(dataclasses.replace(row, status=PlanStatus(row.status)), r["fingerprint"],
+    row = dataclasses.replace(row, status=PlanStatus(row.status), betas=_betas(data.get("betas") or ""))
+    return PlanRecord(row, r["fingerprint"],
                       tuple(data.get("part_fingerprints") or ()))
 
 

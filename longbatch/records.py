@@ -84,7 +84,7 @@ class PlanRow:
     est_input_tokens: int = 0
     upper_input_tokens: int = 0
     granted_max_tokens: int = 0
-    betas: str = ""
+    betas: tuple[str, ...] = ()  # batch-level beta headers the request needs
     est_input_usd: float = 0.0
     max_cost_usd: float = 0.0  # input estimate plus every granted output token
     custom_id: str | None = None
@@ -113,7 +113,8 @@ class PlanRow:
     def csv_record(self) -> dict[str, Any]:
         """Flat, as plan.csv and the ledger's plan table keep it."""
         out = {k: v for k, v in asdict(self).items() if k != "piece"}
-        out.update(status=str(self.status), piece=self.piece.kind.value, part=self.part, covers=self.covers)
+        out.update(status=str(self.status), betas=",".join(self.betas), piece=self.piece.kind.value, part=self.part,
+                   covers=self.covers)
         return out
 
 

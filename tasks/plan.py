@@ -168,5 +168,5 @@ def _fit_whole(doc: Document, prompt: Prompt, policy: PlanPolicy, key: str, est:
             f"the request would be {request.body_bytes / 2**20:.1f} MB; one request may be at most "
             f"{max_bytes / 2**20:.1f} MB")), None
     return dataclasses.replace(
-        base, granted_max_tokens=fit.granted, betas=",".join(request.betas), custom_id=request.custom_id,
+        base, granted_max_tokens=fit.granted, betas=request.betas, custom_id=request.custom_id,
         max_cost_usd=round(batch_cost_usd(model, expected, fit.granted), 6), piece=request.piece), request

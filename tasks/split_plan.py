@@ -242,12 +242,12 @@ def _split_rows(doc: Document, base: PlanRow, policy: PlanPolicy, parts: list[Pa
         pages = part.last_page - part.first_page + 1 if part.first_page and part.last_page else None
         part_rows.append(PlanRow(
             doc.doc_id, doc.source, doc.kind, base.prompt, model.id, PlanStatus.READY, None, pages,
-            part.end - part.start, cl100k, estimate, upper, req.max_tokens, ",".join(req.betas),
+            part.end - part.start, cl100k, estimate, upper, req.max_tokens, req.betas,
             round(batch_cost_usd(model, estimate, 0), 6), round(batch_cost_usd(model, estimate, req.max_tokens), 6),
             req.custom_id, sha256=doc.sha256, piece=req.piece))
     step_rows = [PlanRow(
         doc.doc_id, doc.source, doc.kind, base.prompt, model.id, PlanStatus.READY, None, None, 0, 0, s.input_upper,
-        s.input_upper, s.max_tokens, ",".join(sorted(set(model.betas_for(s.max_tokens)) | set(s.extra_betas))),
+        s.input_upper, s.max_tokens, tuple(sorted(set(model.betas_for(s.max_tokens)) | set(s.extra_betas))),
         round(batch_cost_usd(model, s.input_upper, 0), 6), round(batch_cost_usd(model, s.input_upper, s.max_tokens), 6),
         s.custom_id, sha256=doc.sha256, piece=s.piece, reduction=s.key) for s in steps]
     detail = part_rows + step_rows

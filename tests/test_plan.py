@@ -243,7 +243,7 @@ def test_one_document_three_models_three_correct_plans(tmp_path, corpus, client)
     plans = {m.id: make_plan([book], [prompt], m, None, 8_192).rows[0] for m in (OPUS46, SONNET46, SONNET45)}
     for model_id, window in (("claude-opus-4-6", 1_000_000), ("claude-sonnet-4-6", 1_000_000)):
         row = plans[model_id]
-        assert row.status == READY and row.granted_max_tokens == 300_000 and row.betas == OUTPUT_300K_BETA
+        assert row.status == READY and row.granted_max_tokens == 300_000 and row.betas == (OUTPUT_300K_BETA,)
         assert row.upper_input_tokens + row.granted_max_tokens <= window
     s45 = plans["claude-sonnet-4-5"]
     assert s45.status == NOT_FIT and "200,000" in s45.reason  # 296K upper bound > a 200K window

@@ -120,7 +120,8 @@ def test_two_and_a_half_million_tokens_become_parts_and_one_report(data_dir, cor
 
     # No part breaks a sentence, and together the parts are the whole text.
     doc = read_document(data_dir / "inbox" / "archive.txt", data_dir / "inbox")
-    spans = [r.piece.span for r in part_requests(data_dir, "archive.txt")]
+    pieces = [r.piece for r in part_requests(data_dir, "archive.txt")]
+    spans = [p.span for p in pieces]
     assert spans[0].start == 0 and spans[-1].end == len(doc.body)
     assert all(a.end == b.start for a, b in zip(spans, spans[1:]))
     assert all(ends_cleanly(doc.body, s.end) for s in spans)
@@ -129,11 +130,11 @@ def test_two_and_a_half_million_tokens_become_parts_and_one_report(data_dir, cor
     report = data_dir / row["report"]
     md = report.read_text(encoding="utf-8")
     assert md.startswith("> **Combined report.**")
-    for i, span in enumerate(spans, 1):
-        assert f"> - Part {i}: {span['covers']}" in md
+    for i, piece in enumerate(pieces, 1):
+        assert f"> - Part {i}: {piece.covers}" in md
     meta = json.loads(report.with_suffix(".json").read_text())
     assert meta["split"]["role"] == "final"
-    assert [p["custom_id"] for p in meta["split"]["parts"]] == [r["custom_id"] for r in
+    assert [p["custom_id"] for p in meta["split"]["parts"]] == [r.custom_id for r in
                                                               part_requests(data_dir, "archive.txt")]
     assert all(Path(p["report"]).is_file() for p in meta["split"]["parts"])
     assert len(list(report.parent.glob("report.part-*.md"))) == len(parts)
