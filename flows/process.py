@@ -35,6 +35,7 @@ from tasks.packing import pack
 from tasks.plan import Plan, plan_for
 from tasks.prompts import Prompt, load_prompts
 from tasks.rebuild import queued_requests
+from tasks.recover import recover_from_reports
 from tasks.reduce import advance_reductions
 from tasks.reports import write_summary
 
@@ -212,7 +213,8 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
                 model = online
                 plan = plan_task(items, prompts, model, settings)
             plan = exact_count_task(client, ledger, plan, items, prompts, model, settings)
-            ledger.record_plan(plan_records(plan))
+            recover_from_reports(ledger, settings.data_dir)  # a lost ledger: what was paid for is not sent again
+            ledger.record_plan(plan_records(plan), [item.source for item in items])
             failpoint("after-plan")
             check_budget(plan, ledger, settings.budget_usd)
             claim_plan(ledger, plan)

@@ -58,6 +58,22 @@ def _step(r: Mapping[str, Any]) -> StepRecord:
     return StepRecord(StepRecipe.from_data(json.loads(r["data"])), StepState(r["state"]), r["fingerprint"], r["error"])
 
 
+def upsert(conn: Connection, table: sa.Table, keys: tuple[str, ...], values: dict[str, Any]) -> None:
+    """Insert, or update the row with the same keys: one statement (INSERT ... ON CONFLICT), so
+    two writers never race between a delete and an insert."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - other databases: the portable, non-atomic way
+        conn.execute(table.delete().where(sa.and_(*(table.c[k] == values[k] for k in keys))))
+        conn.execute(table.insert().values(**values))
+        return
+    statement = insert(table).values(**values)
+    conn.execute(statement.on_conflict_do_update(
+        index_elements=list(keys), set_={k: v for k, v in values.items() if k not in keys}))
+
+
 def _plan(r: Mapping[str, Any]) -> PlanRecord:
     data = json.loads(r["data"])
     row = PlanRow(**{k: v for k, v in data.items() if k in _PLAN_ROW_FIELDS})
@@ -98,25 +114,33 @@ class Ledger:
 
     # -- plan ---------------------------------------------------------------------------------
 
-    def record_plan(self, records: Iterable[PlanRecord]) -> None:
-        """Replace the plan with this run's: summary.csv reports on the inbox as it is now."""
+    def record_plan(self, records: Iterable[PlanRecord], inbox_sources: Iterable[str]) -> None:
+        """Record this run's plan rows, each replacing the row of the same document, prompt and
+        model; rows of other prompts and models stay, so summary.csv shows everything the data
+        dir holds. A document gone from the inbox keeps its row if work was sent for it (its
+        reports are here); rows that stood only for a refusal (an unreadable file, one that did
+        not fit) go with their file."""
         now = time.time()
+        present = set(inbox_sources)
         with self.tx() as conn:
-            conn.execute(plan_rows.delete())
+            stale = [r.source for r in conn.execute(sa.select(plan_rows.c.source, plan_rows.c.data)
+                                                      .where(plan_rows.c.fingerprint.is_(None)))
+                     if r.source not in present and not json.loads(r.data or "{}").get("reduction")]
+            for i in range(0, len(stale), 500):
+                conn.execute(plan_rows.delete().where(plan_rows.c.source.in_(stale[i: i + 500])))
             for rec in records:
                 row = rec.row
                 data = {**row.csv_record(), "fingerprint": rec.fingerprint,
                         "part_fingerprints": list(rec.part_fingerprints)}
-                conn.execute(plan_rows.delete().where(
-                    (plan_rows.c.source == row.source) & (plan_rows.c.prompt == row.prompt)))
-                conn.execute(plan_rows.insert().values(
-                    source=row.source, prompt=row.prompt, doc_id=row.doc_id, sha256=row.sha256, model=row.model,
+                upsert(conn, plan_rows, ("source", "prompt", "model"), dict(
+                    source=row.source, prompt=row.prompt, model=row.model, doc_id=row.doc_id, sha256=row.sha256,
                     status=str(row.status), reason=row.reason, fingerprint=rec.fingerprint,
                     data=json.dumps(data, default=str), planned_at=now))
 
     def plan(self) -> list[PlanRecord]:
         with self.tx() as conn:
-            rows = conn.execute(sa.select(plan_rows).order_by(plan_rows.c.source, plan_rows.c.prompt)).mappings()
+            rows = conn.execute(sa.select(plan_rows).order_by(plan_rows.c.source, plan_rows.c.prompt,
+                                                              plan_rows.c.model)).mappings()
             return [_plan(r) for r in rows]
 
     # -- requests -----------------------------------------------------------------------------
@@ -148,6 +172,28 @@ class Ledger:
                     sha256=req.sha256, prompt=req.prompt, model=req.model, max_tokens=req.max_tokens,
                     betas=",".join(req.betas), meta=json.dumps(meta) if meta else None,
                     state=RequestState.QUEUED, attempts=0, created_at=now, updated_at=now))
+            return True
+        except sa.exc.IntegrityError:
+            return False
+
+    def is_empty(self) -> bool:
+        """No request was ever recorded here."""
+        with self.tx() as conn:
+            return conn.execute(sa.select(requests.c.fingerprint).limit(1)).first() is None
+
+    def record_recovered(self, req: NewRequest, result: ResultRecord) -> bool:
+        """A request known only from its report (the ledger was lost): recorded as succeeded with
+        its result, in one transaction. False if the ledger knows it already."""
+        now = time.time()
+        meta = stored_meta(req.piece, req.links)
+        try:
+            with self.tx() as conn:
+                conn.execute(requests.insert().values(
+                    fingerprint=req.fingerprint, custom_id=req.custom_id, doc_id=req.doc_id, source=req.source,
+                    sha256=req.sha256, prompt=req.prompt, model=req.model, max_tokens=req.max_tokens,
+                    betas=",".join(req.betas), meta=json.dumps(meta) if meta else None,
+                    state=RequestState.SUCCEEDED, attempts=result.attempt, created_at=now, updated_at=now))
+                upsert(conn, results, ("batch_id", "custom_id"), {**dataclasses.asdict(result), "received_at": now})
             return True
         except sa.exc.IntegrityError:
             return False
@@ -342,11 +388,9 @@ class Ledger:
     def record_result(self, result: ResultRecord, request_state: RequestState,
                       error: tuple[str | None, str | None]) -> None:
         """One result and the request's new state, in one transaction: both or neither."""
-        values = {k: v for k, v in dataclasses.asdict(result).items() if k != "received_at"}
+        values = {**dataclasses.asdict(result), "received_at": time.time()}
         with self.tx() as conn:
-            conn.execute(results.delete().where(
-                (results.c.batch_id == result.batch_id) & (results.c.custom_id == result.custom_id)))
-            conn.execute(results.insert().values(**values, received_at=time.time()))
+            upsert(conn, results, ("batch_id", "custom_id"), values)
             conn.execute(requests.update().where(requests.c.fingerprint == result.fingerprint).values(
                 state=request_state, error_type=error[0], error_message=error[1], updated_at=time.time()))
 
@@ -367,8 +411,7 @@ class Ledger:
 
     def record_token_count(self, key: str, input_tokens: int) -> None:
         with self.tx() as conn:
-            conn.execute(token_counts.delete().where(token_counts.c.key == key))
-            conn.execute(token_counts.insert().values(key=key, input_tokens=input_tokens, counted_at=time.time()))
+            upsert(conn, token_counts, ("key",), dict(key=key, input_tokens=input_tokens, counted_at=time.time()))
 
     def usage_rows(self) -> list[UsageRecord]:
         with self.tx() as conn:

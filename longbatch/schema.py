@@ -15,20 +15,21 @@ from sqlalchemy.engine import Connection, Engine
 
 from longbatch.errors import ConfigError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = sa.MetaData()
 
 meta = sa.Table("meta", metadata, sa.Column("key", sa.String(64), primary_key=True), sa.Column("value", sa.Text))
 
-# The latest plan row per (document path, prompt): what summary.csv reports on.
+# The latest plan row per (document path, prompt, model): what summary.csv reports on. Rows of
+# other prompts and models stay (schema 5): the summary is of everything the data dir holds.
 plan_rows = sa.Table(
     "plan_rows", metadata,
     sa.Column("source", sa.Text, primary_key=True),
     sa.Column("prompt", sa.String(64), primary_key=True),
+    sa.Column("model", sa.String(64), primary_key=True),
     sa.Column("doc_id", sa.String(64), nullable=False),
     sa.Column("sha256", sa.String(64)),
-    sa.Column("model", sa.String(64)),
     sa.Column("status", sa.String(32), nullable=False),
     sa.Column("reason", sa.Text),
     sa.Column("fingerprint", sa.String(64)),
@@ -139,8 +140,33 @@ def _v3_to_v4(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE requests ADD COLUMN meta TEXT"))
 
 
+# Every lookup the ledger makes has an index (schema 5).
+LOOKUP_INDEXES = [
+    sa.Index("ix_requests_state", requests.c.state),
+    sa.Index("ix_requests_custom_id", requests.c.custom_id),
+    sa.Index("ix_results_fingerprint", results.c.fingerprint),
+    sa.Index("ix_batches_state", batches.c.state),
+    sa.Index("ix_batch_members_fingerprint", batch_members.c.fingerprint),
+    sa.Index("ix_reductions_state", reductions.c.state),
+]
+
+
 # MIGRATIONS[n] takes a ledger from schema n to n + 1, inside the opening transaction.
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4}
+def _v4_to_v5(conn: Connection) -> None:
+    """Plan rows are kept per model as well (the summary lists every model's reports), and every
+    lookup has an index."""
+    conn.execute(sa.text("ALTER TABLE plan_rows RENAME TO plan_rows_v4"))
+    plan_rows.create(conn)
+    conn.execute(sa.text(
+        "INSERT INTO plan_rows (source, prompt, model, doc_id, sha256, status, reason, fingerprint, data, planned_at) "
+        "SELECT source, prompt, COALESCE(model, ''), doc_id, sha256, status, reason, fingerprint, data, planned_at "
+        "FROM plan_rows_v4"))
+    conn.execute(sa.text("DROP TABLE plan_rows_v4"))
+    for index in LOOKUP_INDEXES:
+        index.create(conn, checkfirst=True)
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
 
 
 # count_tokens answers, cached by what was counted (schema 3): free, but rate-limited.

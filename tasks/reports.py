@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from longbatch.catalog import batch_cost_usd, get_model
-from longbatch.fsutil import atomic_write_text
+from longbatch.fsutil import atomic_write_text, slugify
 from longbatch.ledger import Ledger
 from longbatch.piece import Piece, PieceKind, StepLinks, stored_meta
 from longbatch.records import PlanRecord, RequestRecord, RequestState, StepState
@@ -31,10 +31,13 @@ class ReportContext:
     ended_at: float | None
 
 
-def report_paths(reports_dir: Path, doc_id: str, prompt: str, piece: Piece = Piece()) -> tuple[Path, Path]:
-    """`<doc_id>/<prompt>.md`; a split document's parts and merge steps beside it as
-    `<prompt>.part-03.md` and `<prompt>.merge-01.md` (the final combined report is `<prompt>.md`)."""
-    folder = reports_dir / doc_id  # doc_id is a slug we made: inbox names never pick the path
+def report_paths(reports_dir: Path, doc_id: str, model: str, prompt: str,
+                 piece: Piece = Piece()) -> tuple[Path, Path]:
+    """`<doc_id>/<model>/<prompt>.md`: one folder per document and model, so a report paid for
+    with one model is never overwritten by another's. A split document's parts and merge steps
+    sit beside its report as `<prompt>.part-03.md` and `<prompt>.merge-01.md`."""
+    # doc_id is a slug we made and model ids are the catalogue's: inbox names never pick the path.
+    folder = reports_dir / doc_id / slugify(model, 64)
     stem = piece.report_stem(prompt)
     return folder / f"{stem}.md", folder / f"{stem}.json"
 
@@ -69,7 +72,7 @@ def banner(outcome: Outcome, max_tokens: int) -> str:
 
 def write_report(reports_dir: Path, outcome: Outcome, ctx: ReportContext) -> Path:
     req = ctx.request
-    md_path, json_path = report_paths(reports_dir, req.doc_id, req.prompt, req.piece)
+    md_path, json_path = report_paths(reports_dir, req.doc_id, req.model, req.prompt, req.piece)
     meta: dict[str, Any] = {
         "status": "refused" if outcome.refused else "truncated" if outcome.truncated else "complete",
         "source": req.source,

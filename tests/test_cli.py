@@ -110,7 +110,7 @@ def test_no_wait_then_collect_from_the_cli(tmp_path, standalone_simulator):
     collected = run_cli("collect", "--data-dir", str(data_dir), env=env)
     assert collected.returncode == 0, collected.stderr[-2000:]
     assert "1 complete" in collected.stdout
-    assert list((data_dir / "reports").glob("memo-*/report.md"))
+    assert list((data_dir / "reports").glob("memo-*/*/report.md"))
 
 
 def test_plan_counts_near_limit_documents_exactly_with_simulate(tmp_path, corpus):

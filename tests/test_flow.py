@@ -104,7 +104,7 @@ def test_rerun_sends_nothing_new_and_a_changed_document_is_resent(data_dir, api)
     params = RunParameters(data_dir=str(data_dir), max_output_tokens=2_000)
     process_documents(params)
     assert len(api.sim.create_log) == 1
-    report_a = next((data_dir / "reports").glob("a-*/report.md"))
+    report_a = next((data_dir / "reports").glob("a-*/claude-sonnet-4-6/report.md"))
     first_text = report_a.read_text()
 
     process_documents(params)
@@ -129,11 +129,11 @@ def test_no_wait_then_collect_gives_the_same_reports(tmp_path, api):
     process_documents(RunParameters(data_dir=str(dirs["wait"]), max_output_tokens=2_000))
     process_documents(RunParameters(data_dir=str(dirs["nowait"]), max_output_tokens=2_000, wait=False))
     assert read_summary(dirs["nowait"])["one.txt"]["status"] == "pending"
-    assert not list((dirs["nowait"] / "reports").glob("*/*.md"))
+    assert not list((dirs["nowait"] / "reports").glob("*/*/*.md"))
     collect_batches(data_dir=str(dirs["nowait"]), wait=True)
 
     def reports(d: Path) -> dict[str, str]:
-        return {p.relative_to(d).as_posix(): p.read_text() for p in sorted((d / "reports").glob("*/*.md"))}
+        return {p.relative_to(d).as_posix(): p.read_text() for p in sorted((d / "reports").glob("*/*/*.md"))}
 
     assert reports(dirs["wait"]) == reports(dirs["nowait"]) and len(reports(dirs["wait"])) == 2
     assert {r["status"] for r in read_summary(dirs["nowait"]).values()} == {"complete"}
@@ -149,7 +149,7 @@ def test_budget_refuses_before_sending(data_dir, api):
 def test_two_prompts_two_reports_per_document(data_dir, api):
     write(data_dir / "inbox", "a.txt", PROSE)
     process_documents(RunParameters(data_dir=str(data_dir), prompts=["report", "summary"], max_output_tokens=1_000))
-    folder = next((data_dir / "reports").glob("a-*"))
+    folder = next((data_dir / "reports").glob("a-*/claude-sonnet-4-6"))
     assert sorted(p.name for p in folder.iterdir()) == ["report.json", "report.md", "summary.json", "summary.md"]
     frame = pd.read_csv(data_dir / "reports" / "summary.csv")
     assert sorted(frame["prompt"]) == ["report", "summary"]
