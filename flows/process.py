@@ -19,9 +19,12 @@ from typing import Annotated, Any, Literal
 import anthropic
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
 from pydantic import BaseModel, ConfigDict, Field
 
-from longbatch.catalog import DEFAULT_MODEL, ModelSpec, get_model, normalize_betas, refreshed_catalog
+from flows.artifacts import WaitReporter, publish_run_artifacts
+from longbatch.catalog import (DEFAULT_MODEL, ModelSpec, get_model, model_choices, normalize_betas,
+                               refreshed_catalog)
 from longbatch.client import make_client
 from longbatch.errors import ConfigError
 from longbatch.failpoints import failpoint
@@ -48,9 +51,18 @@ class RunParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data_dir: str = Field("data", description="Data directory: reports/, results/ and the ledger live here.")
-    inbox: str | None = Field(None, description="Folder of documents (.pdf, .txt, .md); default: <data_dir>/inbox.")
-    model: str = Field(DEFAULT_MODEL, description="Claude model id, e.g. claude-sonnet-4-6 or claude-opus-4-6.")
-    prompts: list[str] = Field(["report"], description="Prompt names (built-in: report, summary) or template files.")
+    # Descriptions are rendered as Markdown in the Prefect UI: no <angle brackets>.
+    inbox: str | None = Field(None, description="Folder of documents (.pdf, .txt, .md); empty = the inbox folder "
+                                                "inside the data directory.")
+    # A choice in the UI form (the server checks it too); from Python and the CLI any id goes to
+    # get_model, which refuses an unknown one with the list of known ones.
+    model: str = Field(DEFAULT_MODEL, description="Claude model: the 4.6 models and later have a 1M-token window "
+                                                  "and up to 300K output tokens in batches.",
+                       json_schema_extra={"enum": model_choices()})
+    # Free text: besides the built-in ones, a prompt may be a name in data_dir/prompts or a file.
+    prompts: list[str] = Field(["report"], description="One report per prompt: built-in report or summary, a "
+                                                       "name in the data directory's prompts folder, or a "
+                                                       "template file path.")
     max_output_tokens: int | None = Field(
         None, ge=1, description="Output tokens asked per document; empty = the most the model allows in a batch.")
     min_output_tokens: int = Field(8_192, ge=1, description="A document that cannot get this much output does not fit.")
@@ -110,7 +122,7 @@ def api_session(settings: Settings) -> Iterator[anthropic.Anthropic]:
 
 # -- tasks: thin wrappers around the stages -------------------------------------------------
 
-@task(name="ingest-document", cache_policy=NO_CACHE)
+@task(name="ingest-document", task_run_name="ingest-{path.name}", cache_policy=NO_CACHE)
 def ingest_document(path: Path, inbox: Path, native_pdf: bool = False) -> Document | IngestFailure:
     item = read_document(path, inbox, native_pdf)
     if isinstance(item, IngestFailure):
@@ -208,8 +220,10 @@ def submit_until_settled(client: anthropic.Anthropic, ledger: Ledger, requests: 
 def wait_task(client: anthropic.Anthropic, ledger: Ledger, settings: Settings) -> None:
     logger = get_run_logger()
     last: list[str] = []
+    report_wait = WaitReporter(settings.data_dir, logger.info)  # progress artifact + heartbeat
 
     def progress(statuses: list[batch_io.BatchStatus]) -> None:
+        report_wait(statuses)
         lines = []
         for st in statuses:
             counts = ", ".join(f"{v} {k}" for k, v in st.counts.items() if v) or "not visible yet"
@@ -383,7 +397,7 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
         summary = write_summary(ledger, settings.data_dir)
     finally:
         ledger.close()
-    return _result(summary)
+    return _finished(summary, settings.data_dir, "longbatch run")
 
 
 @flow(name="collect-batches")
@@ -402,7 +416,7 @@ def collect_batches(
         simulate: Talk to the built-in simulator instead of the Anthropic API.
         wait: Wait until every pending batch has ended.
         max_attempts: Tries per request before giving up on it.
-        inbox: Where the documents are, to rebuild retried requests; default: <data_dir>/inbox.
+        inbox: Where the documents are, to rebuild retried requests; empty = the inbox folder inside the data directory.
     """
     settings = Settings(data_dir=Path(data_dir), simulate=simulate)
     inbox_path = Path(inbox) if inbox else settings.inbox
@@ -425,7 +439,7 @@ def collect_batches(
         summary = write_summary(ledger, settings.data_dir)
     finally:
         ledger.close()
-    return _result(summary)
+    return _finished(summary, settings.data_dir, "longbatch collect")
 
 
 def _plan_records(plan: Plan) -> list[dict[str, Any]]:
@@ -438,6 +452,15 @@ def _plan_records(plan: Plan) -> list[dict[str, Any]]:
             parts.setdefault((row.source, row.prompt), []).append(fingerprints[row.custom_id or ""])
     return [{**asdict(row), "fingerprint": fingerprints.get(row.custom_id or ""),
              "part_fingerprints": parts.get((row.source, row.prompt), [])} for row in plan.document_rows]
+
+
+def _finished(summary_path: Path, data_dir: Path, title: str) -> State:
+    """Publish the run's artifacts; the final state says what happened ("5 complete, 3 error,
+    $0.61"), and callers of the flow still get the result dict."""
+    outcome = publish_run_artifacts(summary_path, data_dir, title)
+    get_run_logger().info("%s. Reports in %s; table in %s.", outcome.message, data_dir.resolve() / "reports",
+                          summary_path.resolve())
+    return Completed(message=outcome.message, data=_result(summary_path))
 
 
 def _result(summary_path: Path) -> dict[str, Any]:
