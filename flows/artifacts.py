@@ -121,13 +121,20 @@ def _md(text: Any) -> str:
     return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
 
 
+def _code(text: Any) -> str:
+    """A path or host name as a code span: shown literally, no escaping needed inside."""
+    text = " ".join(str(text).split())
+    fence = "``" if "`" in text else "`"
+    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+
+
 def summary_markdown(frame: pd.DataFrame, data_dir: Path, title: str, host: str | None = None) -> str:
     outcome = outcome_of(frame)
     data_dir = Path(data_dir).resolve()
     host = host or socket.gethostname()
     lines = [f"# {_md(title)}: {_md(outcome.message)}", ""]
     if frame.empty:
-        lines += [f"No documents in the inbox of `{data_dir}`.", ""]
+        lines += [f"No documents in the inbox of {_code(data_dir)}.", ""]
     lines += ["| status | documents |", "|---|---:|"]
     lines += [f"| {status} | {n} |" for status, n in outcome.counts.items()]
     lines += ["", f"**Cost:** ${outcome.cost_usd:,.2f} at batch prices, from the usage the API returned "
@@ -148,9 +155,9 @@ def summary_markdown(frame: pd.DataFrame, data_dir: Path, title: str, host: str 
                   for r in pending.to_dict("records")]
         lines.append("")
     lines += ["## Where the reports are", "",
-              f"On host `{_md(host)}`, in `{_md(data_dir / 'reports')}`: one folder per document, "
+              f"On host {_code(host)}, in {_code(data_dir / 'reports')}: one folder per document, "
               "`<prompt>.md` with its `<prompt>.json` beside it. The table of every document is "
-              f"`{_md(data_dir / 'reports' / 'summary.csv')}` (and this run's table artifact).", ""]
+              f"{_code(data_dir / 'reports' / 'summary.csv')} (and this run's table artifact).", ""]
     return "\n".join(lines)
 
 

@@ -3,11 +3,13 @@ the final state's message and the task-run names, read back from Prefect's API a
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
@@ -57,7 +59,7 @@ def latest_with_key(key: str):
 def test_a_run_publishes_table_summary_and_a_final_message(data_dir):
     inbox = data_dir / "inbox"
     write(inbox, "minutes.txt", PROSE)
-    write(inbox, "sub/agenda.md", PROSE)
+    write(inbox, "sub/agenda.md", "# Agenda\n\n" + PROSE)
     write(inbox, "refuse <this>.txt", PROSE + "[[simulate:refusal]]")
     write(inbox, "broken.pdf", b"%PDF-1.4 nothing else")
     state = process_documents(RunParameters(data_dir=str(data_dir), simulate=True, max_output_tokens=1_000),
@@ -70,10 +72,11 @@ def test_a_run_publishes_table_summary_and_a_final_message(data_dir):
 
     summary = pd.read_csv(result["summary_csv"])
     found = artifacts_of(state.state_details.flow_run_id)
-    assert set(found) == {"table", "markdown"}
+    assert set(found) == {"table", "markdown", "progress"}  # progress: while it waited
+    assert found["progress"].data == 100.0
     table = found["table"]
     assert table.key == artifact_key(data_dir, "documents")
-    rows = table.data if isinstance(table.data, list) else __import__("json").loads(table.data)
+    rows = table.data if isinstance(table.data, list) else json.loads(table.data)
     assert [(r["document"], r["prompt"], r["status"]) for r in rows] == \
         list(zip(summary["source"], summary["prompt"], summary["status"], strict=True))
     by_doc = {r["document"]: r for r in rows}
@@ -190,14 +193,20 @@ def test_wait_state_counts_batches_requests_and_the_first_expiry():
 def test_heartbeat_is_logged_every_few_minutes_even_when_nothing_changes(tmp_path):
     now = [10_000.0]
     lines: list[str] = []
-    reporter = WaitReporter(tmp_path, lines.append, heartbeat_seconds=300, clock=lambda: now[0])
-    same = [status("b1", "in_progress", 9_000.0, processing=2)]
-    for _ in range(7):  # a poll a minute, the counts never move (as on the real API)
-        reporter(same)
-        now[0] += 60
+    key = artifact_key(tmp_path, "progress")
+
+    @flow
+    def waiting() -> None:  # artifacts belong to a run, as in wait_task
+        reporter = WaitReporter(tmp_path, lines.append, heartbeat_seconds=300, clock=lambda: now[0])
+        same = [status("b1", "in_progress", 9_000.0, processing=2)]
+        for _ in range(7):  # a poll a minute, the counts never move (as on the real API)
+            reporter(same)
+            now[0] += 60
+        progress = latest_with_key(key)
+        assert len(progress) == 1 and progress[0].data == 0.0  # one artifact, updated in place
+        reporter([status("b1", "ended", 9_000.0, succeeded=2)])
+
+    waiting()
     assert len(lines) == 2 and all("0 of 1 batch(es) ended" in line for line in lines)
     assert "16 min 40 s" in lines[0] and "21 min 40 s" in lines[1]
-    progress = latest_with_key(artifact_key(tmp_path, "progress"))
-    assert len(progress) == 1 and progress[0].data == 0.0  # one artifact, updated in place
-    reporter([status("b1", "ended", 9_000.0, succeeded=2)])
-    assert latest_with_key(artifact_key(tmp_path, "progress"))[0].data == 100.0
+    assert [a.data for a in latest_with_key(key)] == [100.0]
