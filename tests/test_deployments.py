@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect.utilities.callables import parameter_schema
 
 from flows.process import RunParameters, collect_batches, process_documents
+from longbatch.catalog import get_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,3 +52,36 @@ def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text()
     command = "python3 -m venv .venv && .venv/bin/pip install -q -e '.[test]' && .venv/bin/python -m pytest -q"
     assert command in readme and command in ci
+
+
+def test_nightly_submits_and_leaves_the_waiting_to_the_collector():
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    nightly = next(d for d in spec["deployments"] if d["name"] == "nightly")
+    assert nightly["parameters"]["params"]["wait"] is False
+    assert "pull" not in spec  # `prefect deploy` records the repository root: no env var to set
+    module_spec = importlib.util.spec_from_file_location("serve", REPO / "deployments" / "serve.py")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    built = {d.name: d for d in module.build_deployments("somewhere")}
+    assert built["nightly"].parameters["params"]["wait"] is False
+    assert built["on-demand"].parameters["params"]["wait"] is True
+
+
+def test_run_form_offers_choices_and_descriptions_render_as_written():
+    from longbatch.catalog import BUILTIN_MODELS, DEFAULT_MODEL, model_choices
+
+    fields = parameter_schema(process_documents.fn).model_dump()["definitions"]["RunParameters"]["properties"]
+    assert fields["model"]["enum"] == model_choices() and DEFAULT_MODEL in model_choices()
+    assert set(model_choices()) == {m.id for m in BUILTIN_MODELS.values() if m.lifecycle != "retired"}
+    assert fields["pdf_mode"]["enum"] == ["text", "native"]
+    collect = parameter_schema(collect_batches.fn).model_dump()["properties"]
+    for field in [*fields.values(), *collect.values()]:  # the UI renders Markdown: a <tag> vanishes
+        assert "<" not in field["description"] and ">" not in field["description"], field["description"]
+
+
+def test_a_model_outside_the_form_still_gets_the_catalogues_own_error():
+    from longbatch.errors import UnknownModelError
+
+    params = RunParameters(model="claude-opus-99")  # Python and the CLI are not limited to the form
+    with pytest.raises(UnknownModelError, match="claude-sonnet-4-6"):
+        get_model(params.settings().model)
