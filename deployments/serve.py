@@ -20,8 +20,10 @@ def build_deployments(data_dir: str = "data") -> list:
     nightly = process_documents.to_deployment(
         name="nightly",
         cron="0 2 * * *",
-        parameters={"params": RunParameters(data_dir=data_dir).model_dump()},
-        description="Every night at 02:00: every new or changed document in the inbox, waited for to the end.",
+        # Submit and return: batches take up to 24 h, and the collector writes their reports.
+        parameters={"params": RunParameters(data_dir=data_dir, wait=False).model_dump()},
+        description="Every night at 02:00: submit every new or changed document in the inbox; the collector "
+                    "writes the reports when the batches end.",
         tags=["longbatch", "scheduled"],
     )
     on_demand = process_documents.to_deployment(
@@ -34,7 +36,8 @@ def build_deployments(data_dir: str = "data") -> list:
         name="collector",
         interval=900,
         parameters={"data_dir": data_dir},
-        description="Every 15 minutes: assemble the batches that ended (for runs started with wait off).",
+        description="Every 15 minutes: write the reports of batches that ended (nightly runs, and runs started "
+                    "with wait off) and resend what may be retried.",
         tags=["longbatch", "collector"],
     )
     return [nightly, on_demand, collector]

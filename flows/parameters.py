@@ -11,11 +11,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from longbatch.catalog import model_choices
 from longbatch.settings import Settings
 
 
 def _described(name: str, **constraints: float):  # noqa: ANN202 - a pydantic FieldInfo
     return Field(None, description=Settings.described(name), **constraints)
+
+
+def _model_choice(schema: dict) -> None:
+    """The form offers the catalogue's models (the server checks a run's parameters against it);
+    from Python and the CLI any id reaches the catalogue, which refuses an unknown one itself."""
+    for branch in schema.get("anyOf", []):
+        if branch.get("type") == "string":
+            branch["enum"] = model_choices()
 
 
 class RunParameters(BaseModel):
@@ -25,7 +34,7 @@ class RunParameters(BaseModel):
 
     data_dir: str | None = _described("data_dir")
     inbox: str | None = _described("inbox")
-    model: str | None = _described("model")
+    model: str | None = Field(None, description=Settings.described("model"), json_schema_extra=_model_choice)
     prompts: list[str] | None = _described("prompts")
     max_output_tokens: int | None = _described("max_output_tokens", gt=0)
     min_output_tokens: int | None = _described("min_output_tokens", gt=0)

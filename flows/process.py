@@ -15,8 +15,10 @@ from typing import Annotated, Any
 import anthropic
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
 from pydantic import Field
 
+from flows.artifacts import WaitReporter, publish_run_artifacts
 from flows.parameters import RunParameters
 from longbatch.api import check_api_access, model_from_api, open_api
 from longbatch.catalog import ModelSpec, get_model, normalize_betas
@@ -47,7 +49,7 @@ MAX_SUBMIT_ROUNDS = 50
 
 # -- tasks: thin wrappers around the stages -------------------------------------------------
 
-@task(name="ingest-document", cache_policy=NO_CACHE)
+@task(name="ingest-document", task_run_name="ingest-{path.name}", cache_policy=NO_CACHE)
 def ingest_document(path: Path, inbox: Path, native_pdf: bool = False) -> Document | IngestFailure:
     item = read_document(path, inbox, native_pdf)
     if isinstance(item, IngestFailure):
@@ -108,8 +110,10 @@ def reconcile_task(client: anthropic.Anthropic, ledger: Ledger, settings: Settin
 def wait_task(client: anthropic.Anthropic, ledger: Ledger, settings: Settings) -> None:
     logger = get_run_logger()
     last: list[str] = []
+    report_wait = WaitReporter(settings.data_dir, logger.info)  # progress artifact + heartbeat
 
     def progress(statuses: list[batch_io.BatchStatus]) -> None:
+        report_wait(statuses)
         lines = []
         for st in statuses:
             counts = ", ".join(f"{v} {k}" for k, v in st.counts.items() if v) or "not visible yet"
@@ -225,7 +229,7 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
         summary = write_summary(ledger, settings.data_dir)
     finally:
         ledger.close()
-    return _result(summary)
+    return _finished(summary, settings.data_dir, "longbatch run")
 
 
 @flow(name="collect-batches")
@@ -262,7 +266,16 @@ def collect_batches(
         summary = write_summary(ledger, settings.data_dir)
     finally:
         ledger.close()
-    return _result(summary)
+    return _finished(summary, settings.data_dir, "longbatch collect")
+
+
+def _finished(summary_path: Path, data_dir: Path, title: str) -> State:
+    """Publish the run's artifacts; the final state says what happened ("5 complete, 3 error,
+    $0.61"), and callers of the flow still get the result dict."""
+    outcome = publish_run_artifacts(summary_path, data_dir, title)
+    get_run_logger().info("%s. Reports in %s; table in %s.", outcome.message, data_dir.resolve() / "reports",
+                          summary_path.resolve())
+    return Completed(message=outcome.message, data=_result(summary_path))
 
 
 def _result(summary_path: Path) -> dict[str, Any]:

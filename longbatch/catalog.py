@@ -153,3 +153,9 @@ def batch_cost_usd(
         + output_tokens * per_out
     )
     return full * BATCH_DISCOUNT
+
+
+def model_choices() -> list[str]:
+    """The model ids a run form offers (the Prefect UI shows them as a list to pick from):
+    the built-in catalogue's, without retired ones."""
+    return [m.id for m in BUILTIN_MODELS.values() if m.lifecycle != "retired"]

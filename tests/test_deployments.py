@@ -5,10 +5,12 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import yaml
 from prefect.utilities.callables import parameter_schema
 
 from flows.process import RunParameters, collect_batches, process_documents
+from longbatch.catalog import get_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +76,7 @@ def test_a_workers_environment_reaches_a_run_started_from_a_deployment(tmp_path,
     monkeypatch.setenv("LONGBATCH_MODEL", "claude-opus-4-6")
     monkeypatch.setenv("LONGBATCH_SIMULATE", "true")
     monkeypatch.setenv("LONGBATCH_SIM_PROCESSING_SECONDS", "0.3")
-    monkeypatch.chdir(REPO)  # where a worker's pull step puts it (prefect.yaml: set_working_directory)
+    monkeypatch.chdir(REPO)  # a worker runs from the folder `prefect deploy` recorded: the repository root
     asyncio.run(Runner().execute_flow_run(flow_run.id))
 
     async def final_state():
@@ -85,3 +87,40 @@ def test_a_workers_environment_reaches_a_run_started_from_a_deployment(tmp_path,
     summary = pd.read_csv(data_dir / "reports" / "summary.csv")
     assert len(summary) >= 4 and set(summary["model"]) == {"claude-opus-4-6"}
     assert set(summary["status"]) == {"complete"}
+
+
+def test_nightly_submits_and_leaves_the_waiting_to_the_collector():
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    nightly = next(d for d in spec["deployments"] if d["name"] == "nightly")
+    assert nightly["parameters"]["params"]["wait"] is False
+    assert "pull" not in spec  # `prefect deploy` records the repository root: no env var to set
+    module_spec = importlib.util.spec_from_file_location("serve", REPO / "deployments" / "serve.py")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    built = {d.name: d for d in module.build_deployments("somewhere")}
+    assert RunParameters(**built["nightly"].parameters["params"]).settings().wait is False
+    assert RunParameters(**built["on-demand"].parameters["params"]).settings().wait is True
+
+
+def test_run_form_offers_choices_and_descriptions_render_as_written():
+    from longbatch.catalog import BUILTIN_MODELS, DEFAULT_MODEL, model_choices
+
+    fields = parameter_schema(process_documents.fn).model_dump()["definitions"]["RunParameters"]["properties"]
+    def choices(field: dict) -> list:  # empty is a choice too: the environment's default
+        assert {"type": "null"} in field["anyOf"]
+        return next(b["enum"] for b in field["anyOf"] if b.get("type") == "string")
+
+    assert choices(fields["model"]) == model_choices() and DEFAULT_MODEL in model_choices()
+    assert set(model_choices()) == {m.id for m in BUILTIN_MODELS.values() if m.lifecycle != "retired"}
+    assert choices(fields["pdf_mode"]) == ["text", "native"]
+    collect = parameter_schema(collect_batches.fn).model_dump()["properties"]
+    for field in [*fields.values(), *collect.values()]:  # the UI renders Markdown: a <tag> vanishes
+        assert "<" not in field["description"] and ">" not in field["description"], field["description"]
+
+
+def test_a_model_outside_the_form_still_gets_the_catalogues_own_error():
+    from longbatch.errors import UnknownModelError
+
+    params = RunParameters(model="claude-opus-99")  # Python and the CLI are not limited to the form
+    with pytest.raises(UnknownModelError, match="claude-sonnet-4-6"):
+        get_model(params.settings().model)

@@ -1,0 +1,270 @@
+"""What a person in the Prefect UI sees of a run, without opening a file.
+
+Every run of `process_documents` and `collect_batches` publishes, from `reports/summary.csv`:
+- a table, one row per document and prompt (status, reason, model, tokens, cost, report path);
+- a Markdown summary: counts by status, tokens and cost, each document that did not complete
+  with its reason, and where the reports are (path and host);
+- while waiting, a progress artifact (batches ended of total, requests, elapsed, expiry),
+  and a heartbeat log line every few minutes, since request counts on the real API stay
+  "processing" until a whole batch ends.
+
+Keys are stable per data directory, so the Artifacts page keeps their history across runs.
+Artifacts are a view of what the ledger and summary.csv already hold: failing to publish one
+is logged and never fails a run whose results were paid for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pandas as pd
+
+from tasks.batches import BatchStatus
+
+log = logging.getLogger(__name__)
+
+# A batch ends at the latest 24 h after it was created (the API's rule).
+BATCH_LIFETIME_SECONDS = 24 * 3600
+# How often a waiting run says it is still waiting when nothing else changed.
+HEARTBEAT_SECONDS = 300.0
+
+# The order statuses are told in: done first, then what needs a look, then what is still on.
+STATUS_ORDER = ["complete", "truncated", "refused", "failed", "error", "does_not_fit", "duplicate", "pending",
+                "planned"]
+NOT_A_FAILURE = {"complete", "pending", "planned"}
+
+TABLE_COLUMNS = ["document", "prompt", "status", "reason", "model", "input_tokens", "output_tokens", "cost_usd",
+                 "report"]
+
+
+def artifact_key(data_dir: Path, kind: str) -> str:
+    """`longbatch-<data dir name>-<hash of its path>-<kind>`: stable for one data directory,
+    apart for two, and within Prefect's rule (lowercase letters, digits and dashes)."""
+    resolved = str(Path(data_dir).resolve())
+    name = re.sub(r"[^a-z0-9]+", "-", Path(resolved).name.lower()).strip("-")[:24] or "data"
+    digest = hashlib.sha256(resolved.encode()).hexdigest()[:6]
+    return f"longbatch-{name}-{digest}-{kind}"
+
+
+# -- what the summary says ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """The counts and money of a data directory's summary.csv."""
+
+    counts: dict[str, int]  # status -> rows, in STATUS_ORDER
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+    @property
+    def message(self) -> str:
+        """One line for the run's final state: "5 complete, 3 error, $0.61"."""
+        parts = [f"{n} {status}" for status, n in self.counts.items()] or ["no documents"]
+        return ", ".join(parts) + f", ${self.cost_usd:,.2f}"
+
+
+def read_summary(summary_csv: Path) -> pd.DataFrame:
+    return pd.read_csv(summary_csv, dtype={"source": str, "prompt": str, "status": str, "reason": str,
+                                           "report": str})
+
+
+def outcome_of(frame: pd.DataFrame) -> RunOutcome:
+    found = frame["status"].value_counts().to_dict()
+    ordered = [s for s in STATUS_ORDER if s in found] + sorted(s for s in found if s not in STATUS_ORDER)
+    return RunOutcome(
+        counts={s: int(found[s]) for s in ordered},
+        input_tokens=int(frame["input_tokens"].fillna(0).sum()),
+        output_tokens=int(frame["output_tokens"].fillna(0).sum()),
+        cost_usd=round(float(frame["cost_usd"].fillna(0).sum()), 6),
+    )
+
+
+def _clean(value: Any) -> Any:
+    """NaN (a blank CSV cell) is no JSON: it becomes None; numpy numbers become Python ones."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+        return None if isinstance(value, float) and math.isnan(value) else value
+    return value
+
+
+def table_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """One row per document and prompt, in summary.csv's order."""
+    rows = []
+    for record in frame.to_dict("records"):
+        rows.append({
+            "document": record["source"], "prompt": record["prompt"], "status": record["status"],
+            "reason": _clean(record.get("reason")), "model": _clean(record.get("model")),
+            "input_tokens": _clean(record.get("input_tokens")), "output_tokens": _clean(record.get("output_tokens")),
+            "cost_usd": _clean(record.get("cost_usd")), "report": _clean(record.get("report")),
+        })
+    return rows
+
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#])")
+
+
+def _md(text: Any) -> str:
+    """Text from documents and errors shown as written, not as Markdown or HTML."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _code(text: Any) -> str:
+    """A path or host name as a code span: shown literally, no escaping needed inside."""
+    text = " ".join(str(text).split())
+    fence = "``" if "`" in text else "`"
+    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+
+
+def summary_markdown(frame: pd.DataFrame, data_dir: Path, title: str, host: str | None = None) -> str:
+    outcome = outcome_of(frame)
+    data_dir = Path(data_dir).resolve()
+    host = host or socket.gethostname()
+    lines = [f"# {_md(title)}: {_md(outcome.message)}", ""]
+    if frame.empty:
+        lines += [f"No documents in the inbox of {_code(data_dir)}.", ""]
+    lines += ["| status | documents |", "|---|---:|"]
+    lines += [f"| {status} | {n} |" for status, n in outcome.counts.items()]
+    lines += ["", f"**Cost:** ${outcome.cost_usd:,.2f} at batch prices, from the usage the API returned "
+              f"({outcome.input_tokens:,} input and {outcome.output_tokens:,} output tokens).", ""]
+    problems = frame[~frame["status"].isin(NOT_A_FAILURE)]
+    if not problems.empty:
+        lines += [f"## Did not complete ({len(problems)})", ""]
+        for r in problems.to_dict("records"):
+            lines.append(f"- **{_md(r['source'])}** ({_md(r['prompt'])}): {r['status']} — "
+                         f"{_md(_clean(r.get('reason')) or 'no reason recorded')}")
+        lines.append("")
+    pending = frame[frame["status"].isin({"pending", "planned"})]
+    if not pending.empty:
+        lines += [f"## Still in progress ({len(pending)})", "",
+                  "Their batches are still running; the collector deployment (or `longbatch collect`) "
+                  "writes their reports when they end.", ""]
+        lines += [f"- **{_md(r['source'])}** ({_md(r['prompt'])}): {_md(_clean(r.get('reason')) or r['status'])}"
+                  for r in pending.to_dict("records")]
+        lines.append("")
+    lines += ["## Where the reports are", "",
+              f"On host {_code(host)}, in {_code(data_dir / 'reports')}: one folder per document, "
+              "`<prompt>.md` with its `<prompt>.json` beside it. The table of every document is "
+              f"{_code(data_dir / 'reports' / 'summary.csv')} (and this run's table artifact).", ""]
+    return "\n".join(lines)
+
+
+# -- publishing -----------------------------------------------------------------------------
+
+def publish_run_artifacts(summary_csv: Path, data_dir: Path, title: str) -> RunOutcome:
+    """Publish the table and the Markdown summary of `summary_csv`; return the counts and cost
+    (for the final state's message) even when the Prefect API cannot take the artifacts."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    frame = read_summary(summary_csv)
+    outcome = outcome_of(frame)
+    _publish(lambda: create_table_artifact(
+        table=table_rows(frame), key=artifact_key(data_dir, "documents"),
+        description=f"{title}: one row per document and prompt ({outcome.message})"))
+    _publish(lambda: create_markdown_artifact(
+        markdown=summary_markdown(frame, data_dir, title), key=artifact_key(data_dir, "summary"),
+        description=f"{title}: {outcome.message}"))
+    return outcome
+
+
+def _publish(create: Callable[[], Any]) -> Any:
+    try:
+        return create()
+    except Exception as exc:  # noqa: BLE001 - a view of saved results must never fail a paid run
+        log.warning("could not publish a Prefect artifact: %s: %s", type(exc).__name__, exc)
+        return None
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
+def _utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ts))
+
+
+@dataclass(frozen=True)
+class WaitState:
+    """Where a wait stands, from one round of polling."""
+
+    ended: int
+    total: int
+    requests: dict[str, int]
+    elapsed_seconds: float
+    expires_at: float | None  # the earliest a pending batch is ended by the API
+
+    @classmethod
+    def of(cls, statuses: Iterable[BatchStatus], now: float) -> WaitState:
+        statuses = list(statuses)
+        requests: dict[str, int] = {}
+        for st in statuses:
+            for name, n in st.counts.items():
+                if n:
+                    requests[name] = requests.get(name, 0) + n
+        pending = [st.record.created_at for st in statuses if st.status != "ended" and st.record.created_at]
+        created = [st.record.created_at for st in statuses if st.record.created_at]
+        return cls(
+            ended=sum(1 for st in statuses if st.status == "ended"), total=len(statuses), requests=requests,
+            elapsed_seconds=now - min(created) if created else 0.0,
+            expires_at=min(pending) + BATCH_LIFETIME_SECONDS if pending else None,
+        )
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.ended / self.total if self.total else 100.0
+
+    def line(self) -> str:
+        requests = ", ".join(f"{n} {name}" for name, n in self.requests.items()) or "counts not visible yet"
+        text = (f"waiting: {self.ended} of {self.total} batch(es) ended, {self.total - self.ended} pending; "
+                f"requests: {requests}; waiting for {_duration(self.elapsed_seconds)}")
+        if self.expires_at is not None:
+            text += f"; the API ends the pending ones by {_utc(self.expires_at)} at the latest"
+        return text
+
+
+class WaitReporter:
+    """Called with every polling round: keeps one progress artifact up to date and logs a
+    heartbeat when `heartbeat_seconds` passed since the last line (or the first round)."""
+
+    def __init__(self, data_dir: Path, log_line: Callable[[str], None],
+                 heartbeat_seconds: float = HEARTBEAT_SECONDS, clock: Callable[[], float] = time.time):
+        self.key = artifact_key(data_dir, "progress")
+        self.log_line = log_line
+        self.heartbeat_seconds = heartbeat_seconds
+        self.clock = clock
+        self.artifact_id: UUID | None = None
+        self.last_heartbeat: float | None = None
+
+    def __call__(self, statuses: list[BatchStatus]) -> WaitState:
+        now = self.clock()
+        state = WaitState.of(statuses, now)
+        if self.last_heartbeat is None or now - self.last_heartbeat >= self.heartbeat_seconds:
+            self.log_line(state.line())
+            self.last_heartbeat = now
+        self._publish(state)
+        return state
+
+    def _publish(self, state: WaitState) -> None:
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        description = state.line()
+        if self.artifact_id is None:
+            self.artifact_id = _publish(lambda: create_progress_artifact(
+                progress=state.percent, key=self.key, description=description))
+        else:
+            _publish(lambda: update_progress_artifact(self.artifact_id, progress=state.percent,
+                                                      description=description))
