@@ -154,16 +154,23 @@ def main(argv: list[str] | None = None) -> int:
     _prefect_defaults()
     _quiet_user_errors()
     from longbatch.errors import LongbatchError
+    from longbatch.redact import install_log_redaction, redact
 
+    install_log_redaction()
     try:
         return COMMANDS[args.command](args)
     except LongbatchError as exc:
-        print(f"longbatch: {exc}", file=sys.stderr)
+        print(f"longbatch: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("longbatch: interrupted; submitted batches go on. `longbatch run` or `collect` resumes.",
               file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - a bug keeps its traceback, but never with the key in it
+        import traceback
+
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
 
 
 def _run_params(args: argparse.Namespace, **extra: Any):  # noqa: ANN202
@@ -192,6 +199,7 @@ def _preflight(params: Any) -> None:
 
     settings = params.settings()
     check_api_access(settings)
+    _probe(settings)
     get_model(settings.model)
     load_prompts(settings.prompts, settings.data_dir)
     if not params.inbox_path.is_dir():
@@ -199,6 +207,17 @@ def _preflight(params: Any) -> None:
 
         raise ConfigError(f"Inbox {params.inbox_path} is not a folder. Put documents in it, or name another "
                           "folder: `longbatch run PATH`.")
+
+
+def _probe(settings: Any) -> None:
+    """An API that cannot be used at all (unreachable, key refused) is said in seconds, before
+    Prefect starts or anything is written."""
+    if settings.simulate:
+        return
+    from longbatch.api_errors import probe_api
+    from longbatch.client import make_client
+
+    probe_api(make_client(settings))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -229,9 +248,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         from longbatch.errors import ConfigError
 
         raise ConfigError(f"Inbox {params.inbox_path} is not a folder.")
-    from longbatch.catalog import normalize_betas
+    import datetime
 
-    for warning in normalize_betas(settings.betas)[1]:
+    from longbatch.catalog import get_model, normalize_betas, retirement_warning
+
+    warnings = normalize_betas(settings.betas)[1] + [retirement_warning(get_model(settings.model),
+                                                                        datetime.date.today())]
+    for warning in filter(None, warnings):
         print(f"warning: {warning}", file=sys.stderr)
     with _counting_client(args, settings) as client:
         plan, model = build_plan(params, settings, client)
@@ -291,7 +314,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from flows.process import check_api_access, collect_batches
     from longbatch.settings import Settings
 
-    check_api_access(Settings(data_dir=args.data_dir, simulate=args.simulate))
+    settings = Settings(data_dir=args.data_dir, simulate=args.simulate)
+    check_api_access(settings)
+    _probe(settings)
     result = collect_batches(data_dir=str(args.data_dir), simulate=args.simulate, wait=args.wait,
                              inbox=str(args.inbox) if args.inbox else None)
     _print_summary(Path(result["summary_csv"]), args.data_dir)

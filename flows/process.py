@@ -8,6 +8,7 @@ deployment). Both can be called from Python.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import time
@@ -21,7 +22,9 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from longbatch.catalog import DEFAULT_MODEL, ModelSpec, get_model, normalize_betas, refreshed_catalog
+from longbatch.catalog import (DEFAULT_MODEL, ModelSpec, get_model, normalize_betas, refreshed_catalog,
+                               retirement_warning)
+from longbatch.api_errors import list_models
 from longbatch.client import make_client
 from longbatch.errors import ConfigError
 from longbatch.failpoints import failpoint
@@ -304,7 +307,7 @@ def model_from_api(client: anthropic.Anthropic, model_id: str) -> ModelSpec:
     """The model's facts as the Models API reports them now; the built-in table when the API
     cannot be asked (a transient failure is logged, not fatal)."""
     try:
-        catalog = refreshed_catalog(client.models.list(limit=1000))
+        catalog = refreshed_catalog(list_models(client))  # raises ApiError when the API cannot be used
     except Exception as exc:  # noqa: BLE001 - only transient errors fall back
         if not batch_io.is_transient(exc) and not isinstance(exc, anthropic.NotFoundError):
             raise
@@ -352,6 +355,8 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
     logger = get_run_logger()
     check_api_access(settings)
     model = get_model(settings.model)
+    if warning := retirement_warning(model, datetime.date.today()):  # issue 13: retiring soon
+        logger.warning(warning)
     prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = params.inbox_path
     paths = discover(inbox)

@@ -32,3 +32,20 @@ class PromptError(ConfigError):
 
 class WaitTimeoutError(LongbatchError):
     """Batches still running when the wait deadline passed (they keep running server-side)."""
+
+
+class ApiError(LongbatchError):
+    """The API cannot be used as things stand: what happened, and what to do. Messages are
+    redacted (no key, no auth header) before they are raised."""
+
+
+class ApiUnreachableError(ApiError):
+    """No connection could be opened (refused, unknown host, bad address): nothing was sent."""
+
+
+class ApiAuthError(ApiError):
+    """The API refused the key (401) or its permissions (403)."""
+
+
+class ApiResponseError(ApiError):
+    """The API answered with something longbatch cannot read."""
