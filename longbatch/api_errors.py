@@ -100,3 +100,15 @@ def probe_api(client: anthropic.Anthropic) -> None:
         list_models(client)
     except (anthropic.APIConnectionError, anthropic.APIStatusError):
         pass
+
+
+def without_key(exc: BaseException) -> BaseException:
+    """`exc` itself, unless its text quotes a key or an auth header: then an `ApiError` with the
+    same facts, redacted, so nothing raised to Prefect (which stores a failed run's message)
+    or to the user carries the key."""
+    text = str(exc)
+    if redact(text) == text:
+        return exc
+    status = f"HTTP {exc.status_code}: " if isinstance(exc, anthropic.APIStatusError) else ""
+    detail = error_text(exc) if isinstance(exc, anthropic.APIStatusError) else text
+    return ApiError(f"The API failed ({type(exc).__name__}, {status}{redact(detail)}).")

@@ -18,7 +18,7 @@ import anthropic
 import httpx2
 from anthropic import omit
 
-from longbatch.api_errors import api_url, auth_failed, never_connected, unreachable
+from longbatch.api_errors import api_url, auth_failed, never_connected, unreachable, without_key
 from longbatch.client import create_client
 from longbatch.errors import ApiResponseError, WaitTimeoutError
 from longbatch.failpoints import failpoint
@@ -254,6 +254,8 @@ def poll_round(client: anthropic.Anthropic, ledger: Ledger) -> list[BatchStatus]
             statuses.append(poll_once(client, record))
         except Exception as exc:  # noqa: BLE001 - only transient errors are let through
             if not is_transient(exc):
+                if without_key(exc) is not exc:
+                    raise without_key(exc) from None
                 raise
             log.warning("could not poll batch %s this round: %s", record.api_id, type(exc).__name__)
             statuses.append(BatchStatus(record, "unreachable", {}, None))
@@ -334,6 +336,8 @@ def download_results(client: anthropic.Anthropic, api_id: str, results_dir: Path
                 break
             except Exception as exc:  # noqa: BLE001 - only transient errors are retried
                 if attempt == DOWNLOAD_TRIES or not is_transient(exc):
+                    if without_key(exc) is not exc:
+                        raise without_key(exc) from None
                     raise
                 log.warning("results download of %s failed (%s); retrying", api_id, type(exc).__name__)
                 time.sleep(min(2.0 ** attempt, 30.0))

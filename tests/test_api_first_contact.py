@@ -444,3 +444,23 @@ def test_no_request_of_any_kind_sends_sampling_parameters(data_dir, monkeypatch,
     assert kinds == {"whole", "part", "final", "native"}
     summary = pd.read_csv(data_dir / "reports" / "summary.csv")
     assert set(summary["status"]) == {"complete"}, summary[["source", "status", "reason"]]
+
+
+def test_a_failure_quoting_the_key_is_raised_redacted(tmp_path):
+    """A non-transient error while polling (here a 400 that echoes the headers) reaches Prefect
+    and the user as an ApiError without the key."""
+    from tasks.batches import poll_round
+
+    ledger, plan, _ = _one_batch_plan(tmp_path)
+    from tasks.batches import submit_batch
+
+    config = SimConfig(echo_key_in_errors=True, processing_seconds=30)
+    with SimulatorServer(config) as server:
+        client = anthropic.Anthropic(api_key=SECRET, base_url=server.url, max_retries=0)
+        assert submit_batch(client, ledger, plan).state == "submitted"
+        server.sim.config.fault_rate, server.sim.config.fault_statuses = 1.0, [400]
+        server.sim.config.fault_endpoints = ["retrieve"]
+        with pytest.raises(Exception) as raised:
+            poll_round(client, ledger)
+    assert SECRET not in str(raised.value) and REDACTED in str(raised.value) and "HTTP 400" in str(raised.value)
+    ledger.close()
