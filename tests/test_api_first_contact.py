@@ -35,6 +35,14 @@ def run_cli(*args: str, env: dict[str, str], timeout: float = 240):
     return subprocess.run([*longbatch_cmd(), *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def memo_data_dir(tmp_path: Path) -> Path:
+    """A data dir whose inbox holds one short memo."""
+    data_dir = tmp_path / "data"
+    (data_dir / "inbox").mkdir(parents=True)
+    (data_dir / "inbox" / "memo.txt").write_text("The board approved the budget on Monday. " * 50)
+    return data_dir
+
+
 # -- defect 5: redaction ---------------------------------------------------------------------
 
 def test_redact_removes_the_key_key_shapes_and_auth_headers(monkeypatch):
@@ -145,9 +153,7 @@ def test_key_echoed_in_errored_results_is_written_nowhere(tmp_path, standalone_s
                      LONGBATCH_SIM_FAULT_ENDPOINTS='["create"]', LONGBATCH_SIM_FAULT_STATUSES="[400]")
 def test_key_echoed_in_a_400_on_create_is_written_nowhere(tmp_path, standalone_simulator):
     url, _ = standalone_simulator
-    data_dir = tmp_path / "data"
-    (data_dir / "inbox").mkdir(parents=True)
-    (data_dir / "inbox" / "memo.txt").write_text("The board approved the budget on Monday. " * 50)
+    data_dir = memo_data_dir(tmp_path)
     env = cli_env(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY=SECRET, LONGBATCH_POLL_INITIAL_SECONDS="0.2",
                   PREFECT_LOGGING_LEVEL="DEBUG")
     proc = run_cli("run", "--data-dir", str(data_dir), "--max-output-tokens", "2000", env=env)
@@ -163,9 +169,7 @@ def test_key_echoed_in_a_400_on_create_is_written_nowhere(tmp_path, standalone_s
 # -- defect 6: an API that cannot be reached -------------------------------------------------
 
 def test_unreachable_api_is_one_line_fast_and_leaves_nothing_pending(tmp_path):
-    data_dir = tmp_path / "data"
-    (data_dir / "inbox").mkdir(parents=True)
-    (data_dir / "inbox" / "memo.txt").write_text("The board approved the budget on Monday. " * 50)
+    data_dir = memo_data_dir(tmp_path)
     env = cli_env(ANTHROPIC_BASE_URL=REFUSED_PORT_URL, ANTHROPIC_API_KEY=SECRET)
     started = time.monotonic()
     proc = run_cli("run", "--data-dir", str(data_dir), env=env)
@@ -246,9 +250,7 @@ def test_a_connection_dropped_after_create_stays_unknown(tmp_path):
 @pytest.mark.sim_env(LONGBATCH_SIM_REQUIRE_API_KEY="sk-ant-api03-the-only-good-key-000000")
 def test_a_refused_key_says_check_the_key(tmp_path, standalone_simulator):
     url, state = standalone_simulator
-    data_dir = tmp_path / "data"
-    (data_dir / "inbox").mkdir(parents=True)
-    (data_dir / "inbox" / "memo.txt").write_text("The board approved the budget on Monday. " * 50)
+    data_dir = memo_data_dir(tmp_path)
     env = cli_env(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY=SECRET)
     for command in ("run", "plan", "collect"):
         proc = run_cli(command, "--data-dir", str(data_dir), *(["--exact-count"] if command == "plan" else []),
@@ -318,9 +320,7 @@ def test_an_unreadable_create_answer_is_unknown_and_recovered_without_a_second_c
 @pytest.mark.sim_env(LONGBATCH_SIM_BOGUS_CREATE_BODY="json")
 def test_an_unreadable_create_answer_through_the_cli(tmp_path, standalone_simulator):
     url, state = standalone_simulator
-    data_dir = tmp_path / "data"
-    (data_dir / "inbox").mkdir(parents=True)
-    (data_dir / "inbox" / "memo.txt").write_text("The board approved the budget on Monday. " * 50)
+    data_dir = memo_data_dir(tmp_path)
     env = cli_env(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY=SECRET)
     proc = run_cli("run", "--data-dir", str(data_dir), "--max-output-tokens", "2000", env=env)
     assert proc.returncode == 2, proc.stderr[-3000:]
