@@ -199,7 +199,6 @@ def _preflight(params: Any) -> None:
 
     settings = params.settings()
     check_api_access(settings)
-    _probe(settings)
     get_model(settings.model)
     load_prompts(settings.prompts, settings.data_dir)
     if not params.inbox_path.is_dir():
@@ -209,18 +208,22 @@ def _preflight(params: Any) -> None:
                           "folder: `longbatch run PATH`.")
 
 
-def _probe(settings: Any) -> None:
-    """An API that cannot be used at all (unreachable, key refused) is said in seconds, before
-    Prefect starts or anything is written."""
-    if settings.simulate:
+def _probe(args: argparse.Namespace) -> None:
+    """An API that cannot be used at all (unreachable, key refused, malformed URL) is said in
+    seconds: before Prefect is even imported, let alone started, and before anything is written."""
+    if args.simulate:
         return
     from longbatch.api_errors import probe_api
     from longbatch.client import make_client
+    from longbatch.settings import Settings
 
-    probe_api(make_client(settings))
+    settings = Settings(data_dir=args.data_dir)
+    if settings.api_key is not None:  # no key: the preflight says how to set one
+        probe_api(make_client(settings))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _probe(args)
     params = _run_params(args, wait=not args.no_wait, simulate=args.simulate, budget_usd=args.budget_usd,
                          max_attempts=args.max_attempts)
     _preflight(params)
@@ -311,12 +314,11 @@ def _counting_client(args: argparse.Namespace, settings: Any) -> Iterator[Any]:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    _probe(args)
     from flows.process import check_api_access, collect_batches
     from longbatch.settings import Settings
 
-    settings = Settings(data_dir=args.data_dir, simulate=args.simulate)
-    check_api_access(settings)
-    _probe(settings)
+    check_api_access(Settings(data_dir=args.data_dir, simulate=args.simulate))
     result = collect_batches(data_dir=str(args.data_dir), simulate=args.simulate, wait=args.wait,
                              inbox=str(args.inbox) if args.inbox else None)
     _print_summary(Path(result["summary_csv"]), args.data_dir)
