@@ -156,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     from longbatch.errors import LongbatchError
+    from longbatch.redact import install_log_redaction, redact
 
+    install_log_redaction()
     try:
         return COMMANDS[args.command](args)
     except LongbatchError as exc:
-        print(f"longbatch: {exc}", file=sys.stderr)
+        print(f"longbatch: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ValidationError as exc:  # a setting that cannot work: name the flag, drop the traceback
         for error in exc.errors():
@@ -171,6 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         print("longbatch: interrupted; submitted batches go on. `longbatch run` or `collect` resumes.",
               file=sys.stderr)
         return 130
+    except Exception:  # noqa: BLE001 - a bug keeps its traceback, but never with the key in it
+        import traceback
+
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")
+        return 1
 
 
 def _planning_values(args: argparse.Namespace) -> dict[str, Any]:
@@ -201,7 +208,22 @@ def _require_inbox(settings: Any) -> None:
                           "folder: `longbatch run PATH`.")
 
 
+def _probe(args: argparse.Namespace) -> None:
+    """An API that cannot be used at all (unreachable, key refused, malformed URL) is said in
+    seconds: before Prefect is even imported, let alone started, and before anything is written."""
+    if args.simulate:
+        return
+    from longbatch.api_errors import probe_api
+    from longbatch.client import make_client
+    from longbatch.settings import Settings
+
+    settings = Settings.given(data_dir=args.data_dir)
+    if settings.api_key is not None:  # no key: the preflight says how to set one
+        probe_api(make_client(settings))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _probe(args)
     from flows.parameters import RunParameters
 
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in _planning_values(args).items()}
@@ -228,9 +250,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     settings = Settings.given(**_planning_values(args), simulate=args.simulate)
     _require_inbox(settings)
-    from longbatch.catalog import normalize_betas
+    import datetime
 
-    for warning in normalize_betas(settings.betas)[1]:
+    from longbatch.catalog import get_model, normalize_betas, retirement_warning
+
+    warnings = normalize_betas(settings.betas)[1] + [retirement_warning(get_model(settings.model),
+                                                                        datetime.date.today())]
+    for warning in filter(None, warnings):
         print(f"warning: {warning}", file=sys.stderr)
     with _counting_client(settings) as client:
         plan, model = build_plan(settings, client)
@@ -281,6 +307,7 @@ def _counting_client(settings: Any) -> Iterator[Any]:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    _probe(args)
     from flows.process import collect_batches
     from longbatch.api import check_api_access
     from longbatch.settings import Settings

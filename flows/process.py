@@ -8,6 +8,7 @@ is made in the stages under tasks/.
 
 from __future__ import annotations
 
+import datetime
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from pydantic import Field
 from flows.artifacts import WaitReporter, publish_run_artifacts
 from flows.parameters import RunParameters
 from longbatch.api import check_api_access, model_from_api, open_api
-from longbatch.catalog import ModelSpec, get_model, normalize_betas
+from longbatch.catalog import ModelSpec, get_model, normalize_betas, retirement_warning
 from longbatch.failpoints import failpoint
 from longbatch.ledger import Ledger
 from longbatch.records import CREATE_FAILED, BatchState, RequestState
@@ -197,6 +198,8 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
     logger = get_run_logger()
     check_api_access(settings)
     model = get_model(settings.model)
+    if warning := retirement_warning(model, datetime.date.today()):  # issue 13: retiring soon
+        logger.warning(warning)
     prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = settings.inbox_dir
     paths = discover(inbox)

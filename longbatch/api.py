@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import anthropic
 
+from longbatch.api_errors import list_models
 from longbatch.catalog import ModelSpec, get_model, refreshed_catalog
 from longbatch.client import make_client
 from longbatch.settings import Settings
@@ -46,7 +47,8 @@ def open_api(settings: Settings, keep_state: bool = True) -> Iterator[anthropic.
 def model_from_api(client: anthropic.Anthropic, model_id: str) -> ModelSpec:
     """The model's facts as the Models API reports them now; the built-in table when the API
     cannot be asked (a transient failure is logged, not fatal)."""
-    catalog = tolerate_transient(lambda: refreshed_catalog(client.models.list(limit=1000)), None,
+    # list_models raises an ApiError when the API cannot be used at all (unreachable, key refused).
+    catalog = tolerate_transient(lambda: refreshed_catalog(list_models(client)), None,
                                  "Models API unavailable: using the built-in model table", log,
                                  also=(anthropic.NotFoundError,))
     return get_model(model_id) if catalog is None else get_model(model_id, catalog)

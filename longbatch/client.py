@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import anthropic
 
-from longbatch.errors import MissingApiKeyError
+from longbatch.errors import ConfigError, MissingApiKeyError
+from longbatch.redact import install_log_redaction, redact, register_secret
 from longbatch.settings import Settings
 
 # Long enough for a 256 MB batch body to go up, short enough to notice a dead connection.
@@ -18,12 +21,35 @@ def make_client(settings: Settings) -> anthropic.Anthropic:
     list, results). `batches.create` is not idempotent; callers use `create_client()` for it."""
     if settings.api_key is None or not settings.api_key.get_secret_value():
         raise MissingApiKeyError()
+    check_base_url(settings.base_url)
+    key = settings.api_key.get_secret_value()
+    # From here on the key is known to the redaction of errors and log lines.
+    register_secret(key)
+    install_log_redaction()
     return anthropic.Anthropic(
-        api_key=settings.api_key.get_secret_value(),
+        api_key=key,
         base_url=settings.base_url,
         max_retries=4,
         timeout=REQUEST_TIMEOUT_SECONDS,
     )
+
+
+def check_base_url(base_url: str | None) -> None:
+    """A malformed ANTHROPIC_BASE_URL is a configuration error, said before anything is tried
+    (the SDK would only report a "connection error" on the first call)."""
+    if base_url is None:
+        return
+    parts = urlsplit(base_url.strip())
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        parts = parts._replace(netloc="")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"ANTHROPIC_BASE_URL {redact(base_url)!r} is not a URL longbatch can use: it needs http:// or https:// "
+            "and a host, e.g. https://api.anthropic.com or http://127.0.0.1:8765 for `longbatch simulator`. "
+            "Unset it to use the Anthropic API."
+        )
 
 
 def create_client(client: anthropic.Anthropic) -> anthropic.Anthropic:

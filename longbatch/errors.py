@@ -81,3 +81,20 @@ class NotReady(Exception):
 
 class IncompleteDownloadError(Exception):
     """The results stream ended before its announced length (transient: retried)."""
+
+
+class ApiError(LongbatchError):
+    """The API cannot be used as things stand: what happened, and what to do. Messages are
+    redacted (no key, no auth header) before they are raised."""
+
+
+class ApiUnreachableError(ApiError):
+    """No connection could be opened (refused, unknown host, bad address): nothing was sent."""
+
+
+class ApiAuthError(ApiError):
+    """The API refused the key (401) or its permissions (403)."""
+
+
+class ApiResponseError(ApiError):
+    """The API answered with something longbatch cannot read."""

@@ -14,6 +14,7 @@ from typing import TypeVar
 import anthropic
 import httpx2
 
+from longbatch.api_errors import without_key
 from longbatch.errors import IncompleteDownloadError
 
 T = TypeVar("T")
@@ -30,11 +31,14 @@ def is_transient(exc: BaseException) -> bool:
 def tolerate_transient(call: Callable[[], T], fallback: T, what: str, log: logging.Logger | logging.LoggerAdapter,
                        also: tuple[type[BaseException], ...] = ()) -> T:
     """`call()`, or `fallback` when it fails transiently (or with one of `also`): the failure
-    is logged as `what` and left for the next round. Anything else is raised."""
+    is logged as `what` and left for the next round. Anything else is raised (redacted, if its
+    text quotes a key: Prefect stores a failed run's message)."""
     try:
         return call()
     except Exception as exc:  # noqa: BLE001 - only transient errors are tolerated
         if not (is_transient(exc) or isinstance(exc, also)):
+            if without_key(exc) is not exc:
+                raise without_key(exc) from None
             raise
         log.warning("%s (%s)", what, type(exc).__name__)
         return fallback

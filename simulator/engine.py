@@ -26,7 +26,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -79,12 +79,20 @@ class SimConfig(BaseSettings):
     expired_rate: float = 0.0  # chance a request ends expired
     results_bytes_per_second: float = 0.0  # throttle results downloads; 0: full speed
     seed: int = 0
+    # Misbehaving servers, for the tests of what users hit first (all off by default):
+    # error answers and errored results quote the request's x-api-key / Authorization header
+    # (as some proxies and servers do); a key the server refuses (401 for any other key); a
+    # create that makes the batch but answers 200 with a body that is not a batch ("json": a
+    # JSON object without id, "html": an HTML page).
+    echo_key_in_errors: bool = False
+    require_api_key: str | None = None
+    bogus_create_body: Literal["", "json", "html"] = ""
     # The service's own model facts where they differ from the built-in table, e.g.
     # {"claude-sonnet-4-6": {"context_window": 500000, "lifecycle": "deprecated"}}.
     model_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
-FAULT_TYPES = {429: "rate_limit_error", 500: "api_error", 503: "api_error", 529: "overloaded_error"}
+FAULT_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error", 500: "api_error", 503: "api_error", 529: "overloaded_error"}
 
 
 @dataclass
@@ -104,6 +112,20 @@ class SimBatch:
 
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _non_default_sampling(params: dict[str, Any]) -> str | None:
+    """The first of temperature/top_p/top_k set to something other than its default."""
+    defaults = {"temperature": 1.0, "top_p": 1.0}
+    for name in ("temperature", "top_p", "top_k"):
+        if name in params and params[name] != defaults.get(name):
+            return name
+    return None
+
+
+def echo_headers(api_key: str) -> str:
+    """What a server that echoes request headers appends to an error message."""
+    return f" (request headers: x-api-key: {api_key}; authorization: Bearer {api_key})"
 
 
 def resolve_model(model_id: str, overrides: dict[str, dict[str, Any]] | None = None) -> ModelSpec | None:
@@ -169,6 +191,7 @@ class Simulator:
         # One dice stream per endpoint (and one for drops): the n-th create meets the same fate
         # whatever the number of polls before it, so a seed gives a repeatable run.
         self._rngs: dict[str, random.Random] = {}
+        self._echo_keys: dict[str, str] = {}  # batch id -> the key its create was sent with
         if self.config.state_dir:
             self._load()
 
@@ -205,7 +228,7 @@ class Simulator:
 
     # -- batches -----------------------------------------------------------------------------
 
-    def create(self, body: Any, betas: tuple[str, ...]) -> dict[str, Any]:
+    def create(self, body: Any, betas: tuple[str, ...], api_key: str | None = None) -> dict[str, Any]:
         requests = body.get("requests") if isinstance(body, dict) else None
         if not isinstance(requests, list) or not requests:
             raise ApiError(400, "invalid_request_error", "requests: at least one request is required")
@@ -226,6 +249,8 @@ class Simulator:
         batch = SimBatch(f"msgbatch_{uuid.uuid4().hex[:24]}", time.time(), tuple(betas), requests)
         with self._lock:
             self._batches[batch.id] = batch
+            if self.config.echo_key_in_errors and api_key:
+                self._echo_keys[batch.id] = api_key  # in memory only: never in the state dir's records
             self.create_log.append((batch.id, [r["custom_id"] for r in requests]))
             self.batch_betas[batch.id] = batch.betas
             self._save(batch)
@@ -371,6 +396,8 @@ class Simulator:
                 result: dict[str, Any] = {"type": kind}
             else:
                 result = self._chance_outcome(batch.id, req["custom_id"]) or self._process(req["params"], batch.betas)
+            if result["type"] == "errored" and batch.id in self._echo_keys:
+                result["error"]["error"]["message"] += echo_headers(self._echo_keys[batch.id])
             batch.counts[result["type"]] = batch.counts.get(result["type"], 0) + 1
             lines.append(json.dumps({"custom_id": req["custom_id"], "result": result}, ensure_ascii=False))
         # Results come back in any order: reverse pairs so no caller can rely on request order.
@@ -405,6 +432,10 @@ class Simulator:
         spec = resolve_model(str(params.get("model")), self.config.model_overrides)
         if spec is None:
             return errored("invalid_request_error", f"model: {params.get('model')!r} is not a known model")
+        if spec.tokenizer != "claude-2025" and _non_default_sampling(params):
+            # Opus 4.7 and later refuse non-default sampling parameters.
+            return errored("invalid_request_error", f"{_non_default_sampling(params)}: non-default sampling "
+                                                    f"parameters are not supported on {spec.id}")
         max_tokens = params.get("max_tokens")
         if not isinstance(max_tokens, int) or max_tokens < 1:
             return errored("invalid_request_error", "max_tokens: a positive integer is required")

@@ -16,7 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from simulator.engine import ApiError, SimConfig, Simulator
+from simulator.engine import ApiError, SimConfig, Simulator, echo_headers
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,11 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         try:
             body = self._read_body()
-            if not (self.headers.get("x-api-key") or self.headers.get("authorization")):
+            if not self._api_key():
                 raise ApiError(401, "authentication_error", "x-api-key header is required")
+            required = self.server.sim.config.require_api_key
+            if required is not None and self._api_key() != required:
+                raise ApiError(401, "authentication_error", "invalid x-api-key")
             for verb, pattern, name in _ROUTES:
                 m = pattern.match(url.path)
                 if m and verb == method:
@@ -68,8 +71,15 @@ class _Handler(BaseHTTPRequestHandler):
             raise ApiError(404, "not_found_error", f"no route for {method} {url.path}")
         except ApiError as exc:
             extra = {"retry-after": "0"} if exc.status == 429 else {}
-            self._send_json(exc.status, {"type": "error", "error": {"type": exc.error_type, "message": exc.message},
+            message = exc.message
+            if self.server.sim.config.echo_key_in_errors:
+                message += echo_headers(self._api_key())
+            self._send_json(exc.status, {"type": "error", "error": {"type": exc.error_type, "message": message},
                                          "request_id": None}, extra)
+
+    def _api_key(self) -> str:
+        key = self.headers.get("x-api-key") or self.headers.get("authorization") or ""
+        return key.removeprefix("Bearer ").strip()
 
     def _read_body(self) -> Any:
         length = int(self.headers.get("content-length") or 0)
@@ -95,13 +105,18 @@ class _Handler(BaseHTTPRequestHandler):
         sim = self.server.sim
         betas = tuple(b.strip() for b in (self.headers.get("anthropic-beta") or "").split(",") if b.strip())
         if name == "create":
-            created = sim.create(body, betas)
+            created = sim.create(body, betas, self._api_key())
             if sim.drop_after_create():
                 # The batch exists now, but the client never hears so: the case exactly-once must survive.
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return
-            self._send_json(200, self._absolute(created))
+            if sim.config.bogus_create_body == "json":  # the batch exists; the answer does not say so
+                self._send_json(200, {"ok": True, "note": "not a message batch"})
+            elif sim.config.bogus_create_body == "html":
+                self._send_bytes(200, b"<html><body>Gateway welcome page</body></html>", "text/html")
+            else:
+                self._send_json(200, self._absolute(created))
         elif name == "list":
             def q(key: str) -> str | None:
                 return query.get(key, [None])[0]

@@ -17,11 +17,13 @@ from typing import Any
 import anthropic
 from anthropic import omit
 
+from longbatch.api_errors import api_url, auth_failed, never_connected, unreachable, without_key
 from longbatch.client import create_client
-from longbatch.errors import IncompleteDownloadError, WaitTimeoutError
+from longbatch.errors import ApiResponseError, IncompleteDownloadError, WaitTimeoutError
 from longbatch.failpoints import failpoint
 from longbatch.ledger import Ledger
 from longbatch.records import BatchRecord, BatchState, RequestState
+from longbatch.redact import redact, redact_file
 from longbatch.transient import is_transient, tolerate_transient
 from tasks.packing import BatchPlan
 
@@ -66,25 +68,64 @@ def submit_batch(client: anthropic.Anthropic, ledger: Ledger, plan: BatchPlan) -
         except anthropic.APIStatusError as exc:
             if exc.status_code >= 500:
                 return _unknown(ledger, local_id, f"HTTP {exc.status_code}: {exc.message}")
-            return _failed(ledger, local_id, f"HTTP {exc.status_code}: {exc.message}")
+            outcome = _failed(ledger, local_id, f"HTTP {exc.status_code}: {exc.message}")
+            if exc.status_code in (401, 403):
+                raise auth_failed(exc) from None  # every further call would be refused the same way
+            return outcome
+        except anthropic.APIResponseValidationError as exc:
+            _unknown(ledger, local_id, f"unreadable answer to create: {exc.message}")
+            raise _unreadable_create(client) from None
         except anthropic.APIConnectionError as exc:
+            if never_connected(exc):
+                # Nothing left this machine: a plain failure (the requests go again next run), and
+                # no point trying the next batch.
+                _failed(ledger, local_id, f"connection never opened: {type(exc.__cause__ or exc).__name__}")
+                raise unreachable(client, exc) from None
             return _unknown(ledger, local_id, f"connection failed: {type(exc).__name__}")
+        confirmed = _created_fields(created)
+        if confirmed is None:
+            # A 200 whose body is not a batch: the batch may well exist. Exactly-once allows one
+            # reading only: an unknown outcome, looked up on the server, never resent blindly.
+            _unknown(ledger, local_id, "unreadable answer to create: no batch id or creation time")
+            raise _unreadable_create(client)
+        api_id, created_at = confirmed
         failpoint("after-create")
-        ledger.record_created(local_id, created.id, created.created_at.timestamp())
+        ledger.record_created(local_id, api_id, created_at)
         failpoint("after-create-recorded")
-        log.info("submitted batch %s: %d requests%s", created.id, len(body),
+        log.info("submitted batch %s: %d requests%s", api_id, len(body),
                  f" (betas: {', '.join(plan.betas)})" if plan.betas else "")
-        return SubmitOutcome(local_id, created.id, "submitted")
+        return SubmitOutcome(local_id, api_id, "submitted")
     raise AssertionError("unreachable")
 
 
+def _created_fields(created: Any) -> tuple[str, float] | None:
+    """(batch id, creation time) from create's answer, or None when the answer lacks them (the
+    SDK does not validate answers: a foreign body becomes an object with missing fields)."""
+    api_id = getattr(created, "id", None)
+    created_at = getattr(created, "created_at", None)
+    if not isinstance(api_id, str) or not api_id or not hasattr(created_at, "timestamp"):
+        return None
+    return api_id, created_at.timestamp()
+
+
+def _unreadable_create(client: anthropic.Anthropic) -> ApiResponseError:
+    return ApiResponseError(
+        f"The API at {api_url(client)} answered a batch create with something that is not a batch. The batch "
+        "may have been made, so it is recorded as unconfirmed: `longbatch collect` (or the next run) looks "
+        "for it on the server and adopts it, and sends its requests again only if it never appears. "
+        "Check ANTHROPIC_BASE_URL points at the Anthropic API."
+    )
+
+
 def _failed(ledger: Ledger, local_id: str, error: str) -> SubmitOutcome:
+    error = redact(error) or ""
     ledger.record_create_failed(local_id, error, unknown=False)
     log.error("batch was not created: %s", error)
     return SubmitOutcome(local_id, None, "failed", error)
 
 
 def _unknown(ledger: Ledger, local_id: str, error: str) -> SubmitOutcome:
+    error = redact(error) or ""
     ledger.record_create_failed(local_id, error, unknown=True)
     log.warning("batch create outcome unknown (%s); it will be looked up, never resent blindly", error)
     return SubmitOutcome(local_id, None, "unknown", error)
@@ -270,9 +311,14 @@ def download_results(client: anthropic.Anthropic, api_id: str, results_dir: Path
                             failpoint("mid-download")
                 if expected >= 0 and part.stat().st_size != expected:
                     raise IncompleteDownloadError(f"got {part.stat().st_size:,} of {expected:,} bytes")
+                # An error message that echoes the key must not be archived with it.
+                if redact_file(part):
+                    log.warning("results of %s quoted an API key or auth header; archived redacted", api_id)
                 break
             except Exception as exc:  # noqa: BLE001 - only transient errors are retried
                 if attempt == DOWNLOAD_TRIES or not is_transient(exc):
+                    if without_key(exc) is not exc:
+                        raise without_key(exc) from None
                     raise
                 log.warning("results download of %s failed (%s); retrying", api_id, type(exc).__name__)
                 time.sleep(min(2.0 ** attempt, 30.0))

@@ -19,6 +19,8 @@ from anthropic.types.beta.messages import (
     BetaMessageBatchSucceededResult,
 )
 
+from longbatch.redact import redact
+
 TRUNCATING_STOPS = {"max_tokens", "model_context_window_exceeded"}
 # Errors that will fail the same way again: fix the request, never resend it as is.
 PERMANENT_ERRORS = {"invalid_request_error", "authentication_error", "permission_error", "not_found_error",
@@ -71,7 +73,8 @@ def to_outcome(line: bytes | str) -> Outcome:
                 cache_read_tokens=usage.cache_read_input_tokens or 0,
             )
         case BetaMessageBatchErroredResult(error=err):
-            return Outcome(cid, "errored", error_type=err.error.type, error_message=err.error.message)
+            # The API's message is stored and shown: never with a key a server echoed into it.
+            return Outcome(cid, "errored", error_type=err.error.type, error_message=redact(err.error.message))
         case BetaMessageBatchCanceledResult():
             return Outcome(cid, "canceled", error_message="the batch was canceled before this request ran")
         case BetaMessageBatchExpiredResult():

@@ -260,7 +260,8 @@ def test_retired_model_is_refused_with_its_replacement(data_dir, monkeypatch):
     with SimulatorServer(config) as server:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", server.url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test")
-        with pytest.raises(UnknownModelError, match="claude-sonnet-4-6"):
+        # The deprecations page names Sonnet 5.5 as Sonnet 4.5's replacement.
+        with pytest.raises(UnknownModelError, match="claude-sonnet-5-5"):
             process_documents(RunParameters(data_dir=str(data_dir), model="claude-sonnet-4-5"))
         assert server.sim.create_log == []
 
