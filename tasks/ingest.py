@@ -9,8 +9,10 @@ from __future__ import annotations
 import codecs
 import hashlib
 import logging
+import re
 import unicodedata
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,16 +162,101 @@ def _guess_decode(data: bytes) -> tuple[str, str]:
 
 
 def _pdf_pages(data: bytes, images_are_read: bool = False) -> tuple[list[str], list[str]]:
+    """Text per page, by PDFium; by pypdf when PDFium will not open the file (pypdf also names
+    the missing feature, e.g. an unsupported filter, where PDFium only says "format error")."""
+    if not data.strip():
+        raise _Unreadable("empty", "the file is empty")
+    try:
+        extracted = _pdfium_pages(data)
+    except _PdfiumRefused as refused:
+        extracted = _pypdf_pages(data)
+        extracted.notes.insert(0, f"read with pypdf: PDFium could not open it ({refused})")
+    return _judge(extracted, images_are_read)
+
+
+@dataclass
+class _Extracted:
+    """What an extractor found, before deciding whether it is a readable document."""
+    pages: list[str]
+    notes: list[str]
+    image_pages: Callable[[], int]  # pages showing an image; asked only when the text is thin
+    failed: int = 0  # pages whose content could not be decoded at all
+    blank: int = 0  # pages with nothing drawn on them (PDFium: no page objects)
+    unmapped: list[int] = field(default_factory=list)  # 1-based pages whose glyphs have no Unicode
+
+
+class _PdfiumRefused(Exception):
+    pass
+
+
+def _pdfium_pages(data: bytes) -> _Extracted:
+    import pypdfium2 as pdfium
+    import pypdfium2.raw as pdfium_c
+
+    try:
+        pdf = pdfium.PdfDocument(data)  # owner-restricted files open with the empty user password
+    except pdfium.PdfiumError as exc:
+        if getattr(exc, "err_code", None) == pdfium_c.FPDF_ERR_PASSWORD:
+            raise _Unreadable("encrypted", "the PDF is encrypted and needs a password to open") from None
+        raise _PdfiumRefused(str(exc).removeprefix("Failed to load document ").strip("()."))
+    try:
+        notes = []
+        if pdfium_c.FPDF_GetSecurityHandlerRevision(pdf) != -1:
+            notes.append("encrypted with an empty user password; decrypted")
+        if len(pdf) == 0:
+            raise _Unreadable("empty", "the PDF has no pages")
+        pages: list[str] = []
+        blank = 0
+        unmapped: list[int] = []
+        for index in range(len(pdf)):
+            page = pdf[index]
+            try:
+                textpage = page.get_textpage()
+                chars = pdfium_c.FPDFText_CountChars(textpage)
+                text = textpage.get_text_range() if chars > 0 else ""
+                objects = pdfium_c.FPDFPage_CountObjects(page)
+                blank += objects == 0
+                # Glyphs without a Unicode mapping give no characters at all in PDFium: many text
+                # objects and few characters is such a font (a vertical CJK gazette: 2,624 and 28).
+                if objects > 4 * chars and _text_objects(page, pdfium_c) > 4 * max(chars, 5):
+                    unmapped.append(index + 1)
+                textpage.close()
+            finally:
+                page.close()
+            pages.append(_clean(text))
+        image_pages = sum(_pdfium_page_has_image(pdf, i, pdfium_c) for i in range(len(pdf))) \
+            if _thin(pages) else 0
+    finally:
+        pdf.close()
+    return _Extracted(pages, notes, lambda: image_pages, blank=blank, unmapped=unmapped)
+
+
+def _text_objects(page, pdfium_c) -> int:
+    return sum(pdfium_c.FPDFPageObj_GetType(pdfium_c.FPDFPage_GetObject(page, i)) == pdfium_c.FPDF_PAGEOBJ_TEXT
+               for i in range(pdfium_c.FPDFPage_CountObjects(page)))
+
+
+def _pdfium_page_has_image(pdf, index: int, pdfium_c) -> bool:
+    page = pdf[index]
+    try:
+        return next(page.get_objects(filter=[pdfium_c.FPDF_PAGEOBJ_IMAGE], max_depth=2), None) is not None
+    finally:
+        page.close()
+
+
+def _thin(pages: list[str]) -> bool:
+    return sum(len(p.strip()) for p in pages) < MIN_CHARS_PER_PAGE * len(pages)
+
+
+def _pypdf_pages(data: bytes) -> _Extracted:
     import io
 
     from pypdf import PdfReader
     from pypdf.errors import DependencyError, FileNotDecryptedError, PdfReadError, PdfStreamError
 
-    if not data.strip():
-        raise _Unreadable("empty", "the file is empty")
     notes: list[str] = []
     # pypdf logs and warns at length about fonts and damaged objects it works around; the
-    # outcome that matters is recorded per document below, so keep that noise off the console.
+    # outcome that matters is recorded per document, so keep that noise off the console.
     pypdf_log = logging.getLogger("pypdf")
     old_level = pypdf_log.level
     pypdf_log.setLevel(logging.CRITICAL)
@@ -179,7 +266,6 @@ def _pdf_pages(data: bytes, images_are_read: bool = False) -> tuple[list[str], l
             try:
                 reader = PdfReader(io.BytesIO(data))
                 if reader.is_encrypted:
-                    # Owner-restricted files open with the empty user password.
                     if not reader.decrypt(""):
                         raise _Unreadable("encrypted", "the PDF is encrypted and needs a password to open")
                     notes.append("encrypted with an empty user password; decrypted")
@@ -200,7 +286,6 @@ def _pdf_pages(data: bytes, images_are_read: bool = False) -> tuple[list[str], l
                 raise _Unreadable("empty", "the PDF has no pages")
             pages: list[str] = []
             failed = 0
-            image_pages = 0
             for page in page_objs:
                 try:
                     text = page.extract_text() or ""
@@ -208,23 +293,35 @@ def _pdf_pages(data: bytes, images_are_read: bool = False) -> tuple[list[str], l
                     failed += 1
                     text = ""
                 pages.append(_clean(text))
-                image_pages += _has_images(page)
     finally:
         pypdf_log.setLevel(old_level)
-    if failed:
-        notes.append(f"{failed} of {len(pages)} pages could not be read and are empty")
-    garbled = [i for i, text in enumerate(pages, 1) if _looks_garbled(text)]
+    return _Extracted(pages, notes, lambda: sum(_has_images(p) for p in page_objs), failed=failed)
+
+
+def _judge(found: _Extracted, images_are_read: bool) -> tuple[list[str], list[str]]:
+    """Readable document or not, and what the user should know about it: the same rules
+    whichever library read the pages."""
+    pages, notes = found.pages, found.notes
+    if found.failed:
+        notes.append(f"{found.failed} of {len(pages)} pages could not be read and are empty")
+    garbled = sorted({*found.unmapped, *(i for i, text in enumerate(pages, 1) if _looks_garbled(text))})
     if garbled:
         log.warning("%d page(s) look garbled", len(garbled))
         notes.append(f"{len(garbled)} page(s) look garbled (fonts without a usable Unicode mapping), "
                      f"first: page {garbled[0]}")
     chars = sum(len(p.strip()) for p in pages)
-    if chars == 0 and failed:
+    if chars == 0 and found.failed:
         raise _Unreadable(
             "corrupt", f"the PDF's page content is damaged: no text could be decoded from its {len(pages)} pages"
         )
+    # PDFium parses what it can of a damaged content stream and draws nothing for the rest: a
+    # document most of whose pages are blank is damaged (real ones have a few blank pages at most).
+    if found.blank * 2 > len(pages) and len(pages) > 1:
+        raise _Unreadable(
+            "corrupt", f"the PDF's page content is damaged: {found.blank} of its {len(pages)} pages draw nothing"
+        )
     # Little text is fine on a short text-only page; little text over pages of images is a scan.
-    if chars == 0 or (chars < MIN_CHARS_PER_PAGE * len(pages) and image_pages * 2 >= len(pages)):
+    if chars == 0 or (_thin(pages) and found.image_pages() * 2 >= len(pages)):
         if images_are_read:
             notes.append(f"almost no text layer ({chars} characters over {len(pages)} pages): the model reads "
                          "the page images")
@@ -259,6 +356,13 @@ def _has_images(page) -> bool:
 
 
 def _clean(text: str) -> str:
-    # NFKC folds presentation forms (ligatures such as "ﬁ", full-width letters) into the
-    # characters a reader means; NUL bytes from broken fonts carry nothing.
-    return unicodedata.normalize("NFKC", text).replace("\x00", "")
+    # PDFium ends lines with CRLF and marks a hyphen it joined across a line break with U+FFFE
+    # ("com\ufffepany"): the word is whole again without it. NFKC folds presentation forms
+    # (ligatures such as "ﬁ", full-width letters) into the characters a reader means. Control
+    # characters other than tab and newline (glyph codes of symbol fonts with no Unicode, NUL)
+    # carry nothing.
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\ufffe", "")
+    return _CONTROL.sub("", unicodedata.normalize("NFKC", text))
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
