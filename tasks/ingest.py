@@ -18,6 +18,7 @@ from pathlib import Path
 
 from longbatch.fsutil import slugify
 from longbatch.tokens import cl100k_count
+from tasks.ingest_cache import Extract, IngestCache, Refusal
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,8 @@ SUPPORTED_SUFFIXES = PDF_SUFFIXES | TEXT_SUFFIXES | MARKDOWN_SUFFIXES
 MAX_FILE_BYTES = 512 * 1024 * 1024
 # A PDF averaging fewer extractable characters per page than this is taken as scanned.
 MIN_CHARS_PER_PAGE = 40
+# Text files smaller than this are not cached (see _cache).
+CACHE_MIN_TEXT_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -90,40 +93,124 @@ def make_doc_id(rel: str, sha256: str) -> str:
     return f"{slugify(rel.rsplit('.', 1)[0], 32)}-{sha256[:12]}"
 
 
-def read_document(path: Path, inbox: Path, native_pdf: bool = False) -> Document | IngestFailure:
+def kind_of(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    if suffix in PDF_SUFFIXES:
+        return "pdf"
+    if suffix in MARKDOWN_SUFFIXES:
+        return "markdown"
+    return "text" if suffix in TEXT_SUFFIXES else None
+
+
+def read_document(path: Path, inbox: Path, native_pdf: bool = False,
+                  cache_dir: Path | None = None) -> Document | IngestFailure:
     """`native_pdf`: the PDF itself will be sent (native mode), so a scan without a text layer
-    is readable: the model sees the page images."""
+    is readable: the model sees the page images. `cache_dir`: what was read is kept there by
+    content hash (tasks/ingest_cache.py), and an unchanged file is not read again."""
     rel = path.relative_to(inbox).as_posix()
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
-            raise _Unreadable("too_large", f"file is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
+            return _too_large(rel, size)
         data = path.read_bytes()
     except OSError as exc:
-        return IngestFailure(make_doc_id(rel, "0" * 64), rel, "", 0, "unreadable", f"cannot read file: {exc.strerror}")
-    except _Unreadable as exc:
-        return IngestFailure(make_doc_id(rel, "0" * 64), rel, "", size, exc.category, exc.reason)
-
+        return _cannot_read(rel, exc)
     sha = hashlib.sha256(data).hexdigest()
-    doc_id = make_doc_id(rel, sha)
-    suffix = path.suffix.lower()
+    kind = kind_of(path)
+    if kind is None:
+        return _unsupported(path, rel, sha, len(data))
+    cache = _cache(cache_dir, kind, len(data))
+    mode = _mode(kind, native_pdf)
+    found = cache.get(sha, kind, mode) if cache else None
+    if found is None:
+        found = _extract(data, kind, native_pdf)
+        if cache:
+            cache.put(sha, kind, mode, found)
+    return _assemble(path, rel, sha, len(data), found)
+
+
+def cached_sha256(path: Path, native_pdf: bool, cache_dir: Path | None) -> str | None:
+    """The file's sha256 when the cache holds what it reads as (so reading it costs no
+    extraction); None when it must be read (or is refused without reading: too large, gone)."""
+    kind = kind_of(path)
     try:
-        if suffix in PDF_SUFFIXES:
-            kind = "pdf"
+        size = path.stat().st_size
+        cache = _cache(cache_dir, kind, size) if kind and size <= MAX_FILE_BYTES else None
+        if cache is None:
+            return None
+        with path.open("rb") as fh:
+            sha = hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
+    return sha if cache.path_for(sha, kind, _mode(kind, native_pdf)).is_file() else None
+
+
+def read_cached(path: Path, inbox: Path, sha256: str, native_pdf: bool,
+                cache_dir: Path | None) -> Document | IngestFailure | None:
+    """The document with content `sha256` at `path`, from the cache; None if it is not there."""
+    kind = kind_of(path)
+    if cache_dir is None or kind is None:
+        return None
+    found = IngestCache(cache_dir).get(sha256, kind, _mode(kind, native_pdf))
+    if found is None:
+        return None
+    rel = path.relative_to(inbox).as_posix()
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return _cannot_read(rel, exc)
+    return _assemble(path, rel, sha256, size, found)
+
+
+def _cache(cache_dir: Path | None, kind: str, size: int) -> IngestCache | None:
+    # A small text file decodes faster than its cache entry is written and read back.
+    if cache_dir is None or (kind != "pdf" and size < CACHE_MIN_TEXT_BYTES):
+        return None
+    return IngestCache(cache_dir)
+
+
+def _mode(kind: str, native_pdf: bool) -> str:
+    return "native" if native_pdf and kind == "pdf" else "text"
+
+
+def _extract(data: bytes, kind: str, native_pdf: bool) -> Extract | Refusal:
+    try:
+        if kind == "pdf":
             pages, notes = _pdf_pages(data, native_pdf)
-            body = "\n\n".join(f"--- Page {i} ---\n{text}" for i, text in enumerate(pages, 1))
-        elif suffix in TEXT_SUFFIXES | MARKDOWN_SUFFIXES:
-            kind = "markdown" if suffix in MARKDOWN_SUFFIXES else "text"
-            text, notes = _decode_text(data)
-            pages, body = (text,), text
+            body = _pdf_body(pages)
         else:
-            raise _Unreadable(
-                "unsupported", f"unsupported file type {path.suffix or '(none)'!r}; longbatch reads .pdf, .txt and .md"
-            )
+            text, notes = _decode_text(data)
+            pages, body = [text], text
     except _Unreadable as exc:
-        return IngestFailure(doc_id, rel, sha, len(data), exc.category, exc.reason)
-    return Document(doc_id, rel, kind, sha, len(data), tuple(pages), body, cl100k_count(body), tuple(notes),
+        return Refusal(exc.category, exc.reason)
+    return Extract(kind, tuple(pages), cl100k_count(body), tuple(notes))
+
+
+def _assemble(path: Path, rel: str, sha: str, size: int, found: Extract | Refusal) -> Document | IngestFailure:
+    doc_id = make_doc_id(rel, sha)
+    if isinstance(found, Refusal):
+        return IngestFailure(doc_id, rel, sha, size, found.category, found.reason)
+    body = _pdf_body(found.pages) if found.kind == "pdf" else found.pages[0]
+    return Document(doc_id, rel, found.kind, sha, size, found.pages, body, found.cl100k, found.notes,
                     str(path.resolve()))
+
+
+def _pdf_body(pages) -> str:
+    return "\n\n".join(f"--- Page {i} ---\n{text}" for i, text in enumerate(pages, 1))
+
+
+def _too_large(rel: str, size: int) -> IngestFailure:
+    return IngestFailure(make_doc_id(rel, "0" * 64), rel, "", size, "too_large",
+                         f"file is {size / 2**20:.0f} MB; the limit is {MAX_FILE_BYTES // 2**20} MB")
+
+
+def _cannot_read(rel: str, exc: OSError) -> IngestFailure:
+    return IngestFailure(make_doc_id(rel, "0" * 64), rel, "", 0, "unreadable", f"cannot read file: {exc.strerror}")
+
+
+def _unsupported(path: Path, rel: str, sha: str, size: int) -> IngestFailure:
+    return IngestFailure(make_doc_id(rel, sha), rel, sha, size, "unsupported",
+                         f"unsupported file type {path.suffix or '(none)'!r}; longbatch reads .pdf, .txt and .md")
 
 
 def _decode_text(data: bytes) -> tuple[str, list[str]]:
