@@ -31,6 +31,7 @@ from tasks import batches as batch_io
 from tasks.collect import CollectStats, collect_batch, settle_retries
 from tasks.counting import count_near_limits
 from tasks.ingest import Document, IngestFailure, discover, read_document
+from tasks.ingest_pool import read_documents
 from tasks.packing import pack
 from tasks.build import PlannedRequest
 from tasks.plan import PART, REDUCE, Plan, make_plan, rebuild_request
@@ -332,7 +333,7 @@ def build_plan(params: RunParameters, settings: Settings,
     model = get_model(settings.model)
     prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = params.inbox_path
-    items = [read_document(path, inbox, settings.pdf_mode == "native") for path in discover(inbox)]
+    items = list(read_documents(discover(inbox), inbox, settings.pdf_mode == "native", settings.data_dir / "cache"))
     if client is not None:
         model = model_from_api(client, settings.model)
     plan = plan_with(items, prompts, model, settings)

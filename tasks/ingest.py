@@ -405,7 +405,8 @@ def _judge(found: _Extracted, images_are_read: bool) -> tuple[list[str], list[st
     # document most of whose pages are blank is damaged (real ones have a few blank pages at most).
     if found.blank * 2 > len(pages) and len(pages) > 1:
         raise _Unreadable(
-            "corrupt", f"the PDF's page content is damaged: {found.blank} of its {len(pages)} pages draw nothing"
+            "corrupt", f"the PDF's page content is damaged or blank: {found.blank} of its {len(pages)} pages draw "
+            "nothing"
         )
     # Little text is fine on a short text-only page; little text over pages of images is a scan.
     if chars == 0 or (_thin(pages) and found.image_pages() * 2 >= len(pages)):

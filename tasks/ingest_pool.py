@@ -45,8 +45,8 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def read_documents(paths: Iterable[Path], inbox: Path, native_pdf: bool = False, workers: int | None = None,
-                   cache_dir: Path | None = None) -> Iterator[Document | IngestFailure]:
+def read_documents(paths: Iterable[Path], inbox: Path, native_pdf: bool = False, cache_dir: Path | None = None,
+                   workers: int | None = None) -> Iterator[Document | IngestFailure]:
     """`read_document` for every path, in order, on up to `workers` processes (default: one per
     core). With `cache_dir` (the data dir's `cache/`), an unchanged file is not read again."""
     paths = list(paths)
