@@ -58,12 +58,15 @@ def read_documents(paths: Iterable[Path], inbox: Path, native_pdf: bool = False,
               and _bytes(p for p in to_read if kind_of(p)) >= POOL_MIN_BYTES)
     results = _read_in_workers(to_read, inbox, native_pdf, cache_dir, workers) if pooled \
         else (read_document(path, inbox, native_pdf, cache_dir) for path in to_read)
-    for path, sha in zip(paths, hashes, strict=True):
-        if sha is None:
-            yield next(results)
-        else:  # an entry found damaged now is read again (and rewritten)
-            yield read_cached(path, inbox, sha, native_pdf, cache_dir) or read_document(path, inbox, native_pdf,
-                                                                                       cache_dir)
+    try:
+        for path, sha in zip(paths, hashes, strict=True):
+            if sha is None:
+                yield next(results)
+            else:  # an entry found damaged now is read again (and rewritten)
+                yield read_cached(path, inbox, sha, native_pdf, cache_dir) or read_document(path, inbox, native_pdf,
+                                                                                           cache_dir)
+    finally:
+        results.close()  # a caller that stops early stops the workers now
     if cache_dir is not None and to_read:
         IngestCache(cache_dir).prune()
 
