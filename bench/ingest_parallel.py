@@ -1,0 +1,172 @@
+"""Ingest on every core, never twice: ratios against bare pypdfium2 and pypdf, in one run.
+
+    python bench/ingest_parallel.py [--corpus ../shared/corpus] [--skip-plan] [--skip-pypdf]
+
+Over every PDF in the corpus (~3,400 pages; the damaged and encrypted ones cost nothing):
+1. bare pypdfium2 on one core: open each PDF, text of every page: the yardstick;
+2. `read_documents` with 1 worker (this process) and with 2 worker processes, no cache;
+3. `read_documents` with the cache: a first read, then the unchanged inbox again;
+4. `longbatch plan` (the CLI, Prefect import included) on a fresh data dir, then re-planned;
+5. pypdf `extract_text` vs bare pypdfium2 on four long PDFs (pypdf takes minutes on all);
+6. `gc.freeze()`: reading in a process that imported Prefect, with and without it.
+Ratios above 1 mean longbatch is slower than the yardstick by that factor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+FOUR_LONG = ["long_freeculture_lessig_2004_352p.pdf", "long_irs_irm_2.3.59_400p.pdf",
+             "long_mupdf_explored_book_285p.pdf", "long_who_hcv_guidelines_2022_155p.pdf"]
+
+
+def bare_pdfium(paths: list[Path]) -> tuple[int, int]:
+    import pypdfium2 as pdfium
+
+    pages = chars = 0
+    for path in paths:
+        try:
+            pdf = pdfium.PdfDocument(path.read_bytes())
+        except pdfium.PdfiumError:
+            continue
+        for i in range(len(pdf)):
+            page = pdf[i]
+            textpage = page.get_textpage()
+            chars += len(textpage.get_text_range())
+            textpage.close()
+            page.close()
+        pages += len(pdf)
+        pdf.close()
+    return pages, chars
+
+
+def bare_pypdf(paths: list[Path]) -> int:
+    from pypdf import PdfReader
+
+    logging.getLogger("pypdf").setLevel(logging.CRITICAL)
+    pages = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for path in paths:
+            reader = PdfReader(io.BytesIO(path.read_bytes()))
+            pages += sum(1 for p in reader.pages if p.extract_text() is not None)
+    return pages
+
+
+def ingest(paths: list[Path], inbox: Path, workers: int, cache_dir: Path | None) -> int:
+    from tasks.ingest_pool import read_documents
+
+    return sum(getattr(d, "page_count", 0) or 0 for d in read_documents(paths, inbox, cache_dir=cache_dir,
+                                                                         workers=workers))
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return time.perf_counter() - start, out
+
+
+def row(what: str, seconds: float, base: float, note: str = "") -> None:
+    print(f"  {what:<58} {seconds:7.2f} s  {seconds / base:6.3f}x  {note}")
+
+
+GC_PROBE = """
+import gc, sys, time
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+import prefect, flows.process  # what a flow run has imported before it reads
+from tasks.ingest import read_document
+if {freeze}:
+    gc.freeze()
+paths = [Path(p) for p in {paths!r}]
+start = time.perf_counter()
+for p in paths:
+    read_document(p, p.parent)
+print(time.perf_counter() - start)
+"""
+
+
+def gc_probe(paths: list[Path], freeze: bool) -> float:
+    code = GC_PROBE.format(repo=str(REPO), freeze=freeze, paths=[str(p) for p in paths])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(out.stdout.split()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--corpus", type=Path, default=REPO.parent / "shared" / "corpus")
+    parser.add_argument("--skip-plan", action="store_true")
+    parser.add_argument("--skip-pypdf", action="store_true")
+    args = parser.parse_args()
+    import pypdf
+    import pypdfium2
+
+    work = Path(tempfile.mkdtemp(prefix="longbatch-bench-"))
+    inbox = work / "data" / "inbox"
+    shutil.copytree(args.corpus / "pdf", inbox)
+    os.chmod(inbox, 0o755)
+    paths = sorted(inbox.glob("*.pdf"))
+    print(f"pypdfium2 {pypdfium2.PYPDFIUM_INFO}, pypdf {pypdf.__version__}, Python {sys.version.split()[0]}, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
+
+    t_bare, (pages, chars) = timed(bare_pdfium, paths)
+    print(f"\n1-3. {len(paths)} corpus PDFs, {pages:,} pages, {chars:,} characters (bare pypdfium2)")
+    row("bare pypdfium2, one core (the yardstick)", t_bare, t_bare)
+    t_one, n_one = timed(ingest, paths, inbox, 1, None)
+    row("read_documents, 1 worker (in process), no cache", t_one, t_bare, f"{n_one:,} pages as documents")
+    t_two, n_two = timed(ingest, paths, inbox, 2, None)
+    row("read_documents, 2 worker processes, no cache", t_two, t_bare, f"{t_two / t_one:.2f}x of 1 worker")
+    cache_dir = work / "cache"
+    t_cold, _ = timed(ingest, paths, inbox, 2, cache_dir)
+    t_warm, _ = timed(ingest, paths, inbox, 2, cache_dir)
+    row("read_documents, 2 workers, cache empty (first read)", t_cold, t_bare)
+    row("read_documents, unchanged inbox again (cache)", t_warm, t_bare, f"{t_warm / t_cold:.3f}x of the first")
+    print(f"  (load average {os.getloadavg()[0]:.1f})")
+
+    if not args.skip_plan:
+        cli = [str(Path(sys.executable).with_name("longbatch")), "plan", "--data-dir", str(work / "data")]
+        env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
+        def plan() -> None:
+            subprocess.run(cli, env=env, capture_output=True, check=True)
+
+        t_plan, _ = timed(plan)
+        t_replan, _ = timed(plan)
+        print("\n4. `longbatch plan` over the same inbox (a new process each: Python, Prefect, plan)")
+        row("longbatch plan, first (cache empty)", t_plan, t_bare)
+        row("longbatch plan, unchanged inbox", t_replan, t_bare, f"{t_replan / t_plan:.3f}x of the first")
+        print(f"  (load average {os.getloadavg()[0]:.1f})")
+
+    if not args.skip_pypdf:
+        four = [inbox / name for name in FOUR_LONG]
+        t_pdfium4, (pages4, _) = timed(bare_pdfium, four)
+        t_pypdf4, _ = timed(bare_pypdf, four)
+        t_ours4, _ = timed(ingest, four, inbox, 1, None)
+        print(f"\n5. four long PDFs, {pages4:,} pages")
+        row("bare pypdfium2, one core", t_pdfium4, t_pdfium4)
+        row("bare pypdf extract_text, one core", t_pypdf4, t_pdfium4)
+        row("read_documents, 1 worker (PDFium, cleaned, counted)", t_ours4, t_pdfium4,
+            f"{t_ours4 / t_pypdf4:.3f}x of pypdf")
+
+    four = [inbox / name for name in FOUR_LONG]
+    t_plain, t_frozen = gc_probe(four, False), gc_probe(four, True)
+    print("\n6. read_document in process after importing Prefect (four long PDFs)")
+    row("without gc.freeze()", t_plain, t_plain)
+    row("with gc.freeze() after the imports", t_frozen, t_plain)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
