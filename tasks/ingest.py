@@ -12,6 +12,7 @@ import logging
 import re
 import unicodedata
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -425,14 +426,20 @@ def _judge(found: _Extracted, images_are_read: bool) -> tuple[list[str], list[st
 def _looks_garbled(text: str) -> bool:
     """Text drawn from many unrelated scripts at once is a font-mapping failure, not a language:
     real pages mix two or three scripts (Japanese: kanji, kana, Latin), not six."""
-    letters = [c for c in text if c.isalpha()]
-    if len(letters) < 50:
+    if text.isascii():  # one script (and the common case, decided at C speed)
         return False
+    # Counted per distinct character, not per character: a page has thousands of characters
+    # but a few hundred distinct ones, and naming a character is the slow part.
     scripts: dict[str, int] = {}
-    for c in letters:
-        script = unicodedata.name(c, "UNKNOWN").split()[0]
-        scripts[script] = scripts.get(script, 0) + 1
-    return sum(1 for n in scripts.values() if n >= 0.03 * len(letters)) >= 6
+    letters = 0
+    for c, n in Counter(text).items():
+        if c.isalpha():
+            script = unicodedata.name(c, "UNKNOWN").split()[0]
+            scripts[script] = scripts.get(script, 0) + n
+            letters += n
+    if letters < 50:
+        return False
+    return sum(1 for n in scripts.values() if n >= 0.03 * letters) >= 6
 
 
 def _has_images(page) -> bool:
