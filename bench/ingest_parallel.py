@@ -6,7 +6,8 @@ Over every PDF in the corpus (~3,400 pages; the damaged and encrypted ones cost 
 1. bare pypdfium2 on one core: open each PDF, text of every page: the yardstick;
 2. `read_documents` with 1 worker (this process) and with 2 worker processes, no cache;
 3. `read_documents` with the cache: a first read, then the unchanged inbox again;
-4. `longbatch plan` (the CLI, Prefect import included) on a fresh data dir, then re-planned;
+4. `build_plan` in this process, then `longbatch plan` (the CLI: a new process importing Prefect
+   and the SDK) on a fresh data dir, each then re-planned;
 5. pypdf `extract_text` vs bare pypdfium2 on four long PDFs (pypdf takes minutes on all);
 6. `gc.freeze()`: reading in a process that imported Prefect, with and without it.
 Ratios above 1 mean longbatch is slower than the yardstick by that factor.
@@ -148,14 +149,23 @@ def main() -> None:
     print(f"  (load average {os.getloadavg()[0]:.1f})")
 
     if not args.skip_plan:
+        from flows.process import RunParameters, build_plan
+
+        params = RunParameters(data_dir=str(work / "plan-in-process"), inbox=str(inbox))
+        t_bp, _ = timed(build_plan, params, params.settings())
+        t_rebp, _ = timed(build_plan, params, params.settings())
+        print("\n4. planning the same inbox: build_plan in this process (imports done), then the CLI")
+        row("build_plan, first (cache empty; 2 workers)", t_bp, t_bare)
+        row("build_plan, unchanged inbox", t_rebp, t_bare, f"{t_rebp / t_bp:.3f}x of the first")
+
         cli = [str(Path(sys.executable).with_name("longbatch")), "plan", "--data-dir", str(work / "data")]
         env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
+
         def plan() -> None:
             subprocess.run(cli, env=env, capture_output=True, check=True)
 
         t_plan, _ = timed(plan)
         t_replan, _ = timed(plan)
-        print("\n4. `longbatch plan` over the same inbox (a new process each: Python, Prefect, plan)")
         row("longbatch plan, first (cache empty)", t_plan, t_bare)
         row("longbatch plan, unchanged inbox", t_replan, t_bare, f"{t_replan / t_plan:.3f}x of the first")
         print(f"  (load average {os.getloadavg()[0]:.1f})")
