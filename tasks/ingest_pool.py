@@ -91,8 +91,11 @@ class _Worker:
 
     def send(self, index: int, path: Path, args: tuple) -> None:
         self.job = (index, path)
-        pickle.dump((path, *args), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-        self.proc.stdin.flush()
+        try:
+            pickle.dump((path, *args), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            self.proc.stdin.flush()
+        except OSError:  # the worker is gone: its output ends, and this document fails as a dead worker's
+            pass
 
     def receive(self) -> Document | IngestFailure:
         item = pickle.load(self.proc.stdout)
