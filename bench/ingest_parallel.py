@@ -74,9 +74,6 @@ def ingest(paths: list[Path], inbox: Path, workers: int, cache_dir: Path | None)
                                                                          workers=workers))
 
 
-CPU = {"seconds": 0.0}  # CPU seconds (this process and its children) of the last `timed` call
-
-
 def cpu_now() -> float:
     import resource
 
@@ -84,15 +81,20 @@ def cpu_now() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def timed(fn, *args):
-    start, cpu = time.perf_counter(), cpu_now()
-    out = fn(*args)
-    CPU["seconds"] = cpu_now() - cpu
-    return time.perf_counter() - start, out
+class Timing:
+    """Wall and CPU seconds (this process and its children) of one call: on a shared machine
+    the wall clock also measures the neighbours."""
+
+    def __init__(self, fn, *args) -> None:
+        start, cpu = time.perf_counter(), cpu_now()
+        self.out = fn(*args)
+        self.wall, self.cpu = time.perf_counter() - start, cpu_now() - cpu
 
 
-def row(what: str, seconds: float, base: float, note: str = "") -> None:
-    print(f"  {what:<58} {seconds:7.2f} s  {seconds / base:6.3f}x  cpu {CPU['seconds']:6.2f} s  {note}")
+def row(what: str, t: Timing | float, base: Timing | float, note: str = "") -> None:
+    wall, base_wall = getattr(t, "wall", t), getattr(base, "wall", base)
+    cpu = f"cpu {t.cpu:6.2f} s" if isinstance(t, Timing) else " " * 12
+    print(f"  {what:<58} {wall:7.2f} s  {wall / base_wall:6.3f}x  {cpu}  {note}")
 
 
 GC_PROBE = """
@@ -134,29 +136,30 @@ def main() -> None:
     print(f"pypdfium2 {pypdfium2.PYPDFIUM_INFO}, pypdf {pypdf.__version__}, Python {sys.version.split()[0]}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start")
 
-    t_bare, (pages, chars) = timed(bare_pdfium, paths)
+    t_bare = Timing(bare_pdfium, paths)
+    pages, chars = t_bare.out
     print(f"\n1-3. {len(paths)} corpus PDFs, {pages:,} pages, {chars:,} characters (bare pypdfium2)")
     row("bare pypdfium2, one core (the yardstick)", t_bare, t_bare)
-    t_one, n_one = timed(ingest, paths, inbox, 1, None)
-    row("read_documents, 1 worker (in process), no cache", t_one, t_bare, f"{n_one:,} pages as documents")
-    t_two, n_two = timed(ingest, paths, inbox, 2, None)
-    row("read_documents, 2 worker processes, no cache", t_two, t_bare, f"{t_two / t_one:.2f}x of 1 worker")
+    t_one = Timing(ingest, paths, inbox, 1, None)
+    row("read_documents, 1 worker (in process), no cache", t_one, t_bare, f"{t_one.out:,} pages as documents")
+    t_two = Timing(ingest, paths, inbox, 2, None)
+    row("read_documents, 2 worker processes, no cache", t_two, t_bare, f"{t_two.wall / t_one.wall:.2f}x of 1 worker")
     cache_dir = work / "cache"
-    t_cold, _ = timed(ingest, paths, inbox, 2, cache_dir)
-    t_warm, _ = timed(ingest, paths, inbox, 2, cache_dir)
+    t_cold = Timing(ingest, paths, inbox, 2, cache_dir)
+    t_warm = Timing(ingest, paths, inbox, 2, cache_dir)
     row("read_documents, 2 workers, cache empty (first read)", t_cold, t_bare)
-    row("read_documents, unchanged inbox again (cache)", t_warm, t_bare, f"{t_warm / t_cold:.3f}x of the first")
+    row("read_documents, unchanged inbox again (cache)", t_warm, t_bare, f"{t_warm.wall / t_cold.wall:.3f}x of the first")
     print(f"  (load average {os.getloadavg()[0]:.1f})")
 
     if not args.skip_plan:
         from flows.process import RunParameters, build_plan
 
         params = RunParameters(data_dir=str(work / "plan-in-process"), inbox=str(inbox))
-        t_bp, _ = timed(build_plan, params, params.settings())
-        t_rebp, _ = timed(build_plan, params, params.settings())
+        t_bp = Timing(build_plan, params, params.settings())
+        t_rebp = Timing(build_plan, params, params.settings())
         print("\n4. planning the same inbox: build_plan in this process (imports done), then the CLI")
         row("build_plan, first (cache empty; 2 workers)", t_bp, t_bare)
-        row("build_plan, unchanged inbox", t_rebp, t_bare, f"{t_rebp / t_bp:.3f}x of the first")
+        row("build_plan, unchanged inbox", t_rebp, t_bare, f"{t_rebp.wall / t_bp.wall:.3f}x of the first")
 
         cli = [str(Path(sys.executable).with_name("longbatch")), "plan", "--data-dir", str(work / "data")]
         env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
@@ -164,28 +167,28 @@ def main() -> None:
         def plan() -> None:
             subprocess.run(cli, env=env, capture_output=True, check=True)
 
-        t_plan, _ = timed(plan)
-        t_replan, _ = timed(plan)
+        t_plan = Timing(plan)
+        t_replan = Timing(plan)
         row("longbatch plan, first (cache empty)", t_plan, t_bare)
-        row("longbatch plan, unchanged inbox", t_replan, t_bare, f"{t_replan / t_plan:.3f}x of the first")
+        row("longbatch plan, unchanged inbox", t_replan, t_bare, f"{t_replan.wall / t_plan.wall:.3f}x of the first")
         print(f"  (load average {os.getloadavg()[0]:.1f})")
 
     if not args.skip_pypdf:
         four = [inbox / name for name in FOUR_LONG]
-        t_pdfium4, (pages4, _) = timed(bare_pdfium, four)
-        t_pypdf4, _ = timed(bare_pypdf, four)
-        t_ours4, _ = timed(ingest, four, inbox, 1, None)
+        t_pdfium4 = Timing(bare_pdfium, four)
+        pages4 = t_pdfium4.out[0]
+        t_pypdf4 = Timing(bare_pypdf, four)
+        t_ours4 = Timing(ingest, four, inbox, 1, None)
         print(f"\n5. four long PDFs, {pages4:,} pages")
         row("bare pypdfium2, one core", t_pdfium4, t_pdfium4)
         row("bare pypdf extract_text, one core", t_pypdf4, t_pdfium4)
         row("read_documents, 1 worker (PDFium, cleaned, counted)", t_ours4, t_pdfium4,
-            f"{t_ours4 / t_pypdf4:.3f}x of pypdf")
+            f"{t_ours4.wall / t_pypdf4.wall:.3f}x of pypdf")
 
     four = [inbox / name for name in FOUR_LONG]
     t_plain = min(gc_probe(four, False) for _ in range(3))
     t_frozen = min(gc_probe(four, True) for _ in range(3))
     print("\n6. read_document in process after importing Prefect (four long PDFs), CPU seconds, best of 3")
-    CPU["seconds"] = float("nan")
     row("without gc.freeze()", t_plain, t_plain)
     row("with gc.freeze() after the imports", t_frozen, t_plain)
     shutil.rmtree(work, ignore_errors=True)
