@@ -222,6 +222,16 @@ def _probe(args: argparse.Namespace) -> None:
         probe_api(make_client(settings))
 
 
+def _freeze_imports() -> None:
+    """Prefect, the SDK and pandas leave ~300,000 objects from their imports, alive for the whole
+    command: out of the garbage collector's sight, they are not walked again at every
+    collection that reading documents triggers (measured: ~9 % of in-process PDF reading's CPU,
+    bench/ingest_parallel.py)."""
+    import gc
+
+    gc.freeze()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _probe(args)
     from flows.parameters import RunParameters
@@ -233,6 +243,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _preflight(settings)
     from flows.process import process_documents
 
+    _freeze_imports()
     result = process_documents(params)
     _print_summary(Path(result["summary_csv"]), settings.data_dir)
     if args.no_wait:
@@ -248,6 +259,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     from longbatch.fsutil import atomic_write_text
     from longbatch.settings import Settings
 
+    _freeze_imports()
     settings = Settings.given(**_planning_values(args), simulate=args.simulate)
     _require_inbox(settings)
     import datetime

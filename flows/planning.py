@@ -8,7 +8,8 @@ from longbatch.api import model_from_api
 from longbatch.catalog import ModelSpec, get_model
 from longbatch.settings import Settings
 from tasks.counting import count_near_limits
-from tasks.ingest import Document, discover, read_document
+from tasks.ingest import Document, discover
+from tasks.ingest_pool import read_documents
 from tasks.plan import Plan, plan_for
 from tasks.prompts import load_prompts
 
@@ -19,7 +20,7 @@ def build_plan(settings: Settings, client: anthropic.Anthropic | None = None) ->
     no work)."""
     prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = settings.inbox_dir
-    items = [read_document(path, inbox, settings.pdf_mode == "native") for path in discover(inbox)]
+    items = list(read_documents(discover(inbox), inbox, settings.pdf_mode == "native", settings.data_dir / "cache"))
     model = get_model(settings.model) if client is None else model_from_api(client, settings.model)
     plan = plan_for(items, prompts, model, settings)
     if client is not None and (settings.exact_count or any(r.needs_exact for r in plan.rows)):

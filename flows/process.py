@@ -33,7 +33,8 @@ from tasks.build import PlannedRequest
 from tasks.claim import check_budget, claim_plan, plan_records
 from tasks.collect import CollectStats, collect_batch, settle_retries
 from tasks.counting import count_near_limits
-from tasks.ingest import Document, IngestFailure, discover, read_document
+from tasks.ingest import Document, IngestFailure, discover
+from tasks.ingest_pool import read_documents
 from tasks.packing import pack
 from tasks.plan import Plan, plan_for
 from tasks.prompts import Prompt, load_prompts
@@ -50,12 +51,31 @@ MAX_SUBMIT_ROUNDS = 50
 
 # -- tasks: thin wrappers around the stages -------------------------------------------------
 
-@task(name="ingest-document", task_run_name="ingest-{path.name}", cache_policy=NO_CACHE)
-def ingest_document(path: Path, inbox: Path, native_pdf: bool = False) -> Document | IngestFailure:
-    item = read_document(path, inbox, native_pdf)
-    if isinstance(item, IngestFailure):
-        get_run_logger().warning("%s: %s (%s)", item.source, item.reason, item.category)
-    return item
+# Documents per ingest task: per-task overhead stays off the per-document path at thousands of
+# documents (the run's artifacts show each document's outcome), and each task reads on every core.
+INGEST_CHUNK = 200
+
+
+@task(name="ingest-documents", task_run_name="ingest-{label}", cache_policy=NO_CACHE)
+def ingest_task(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir: Path,
+                label: str) -> list[Document | IngestFailure]:
+    items = list(read_documents(paths, inbox, native_pdf, cache_dir))
+    for item in items:
+        if isinstance(item, IngestFailure):
+            get_run_logger().warning("%s: %s (%s)", item.source, item.reason, item.category)
+    return items
+
+
+def ingest(paths: list[Path], settings: Settings) -> list[Document | IngestFailure]:
+    """Every document read (in worker processes, once per content: the cache), in tasks of up to
+    INGEST_CHUNK documents, each named after its documents."""
+    native = settings.pdf_mode == "native"
+    items: list[Document | IngestFailure] = []
+    for i in range(0, len(paths), INGEST_CHUNK):
+        chunk = paths[i: i + INGEST_CHUNK]
+        label = chunk[0].name if len(chunk) == 1 else f"{chunk[0].name}-and-{len(chunk) - 1}-more"
+        items += ingest_task(chunk, settings.inbox_dir, native, settings.data_dir / "cache", label)
+    return items
 
 
 @task(name="make-plan", cache_policy=NO_CACHE)
@@ -206,8 +226,7 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
     logger.info("inbox %s: %d file(s); model %s; prompts %s", inbox, len(paths), model.id,
                 ", ".join(p.name for p in prompts))
 
-    native = settings.pdf_mode == "native"
-    items = ingest_document.map(paths, inbox=inbox, native_pdf=native).result() if paths else []
+    items = ingest(paths, settings)
     for warning in normalize_betas(settings.betas)[1]:
         logger.warning(warning)
     plan = plan_task(items, prompts, model, settings)

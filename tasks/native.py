@@ -60,6 +60,9 @@ def pdf_for_pages(doc: Document, first: int, last: int) -> bytes:
     from pypdf import PdfWriter
 
     data, reader = _opened(doc)
+    if len(reader.pages) != len(doc.pages):  # PDFium read the pages; pypdf writes the ranges
+        raise PdfChangedError(f"{doc.source}: pypdf finds {len(reader.pages)} pages where PDFium read "
+                              f"{len(doc.pages)}; native mode cannot cut it into page ranges: use text mode")
     if first == 1 and last == len(reader.pages) and not reader.is_encrypted:
         return data
     writer = PdfWriter()

@@ -170,3 +170,113 @@ def test_file_gone_between_discovery_and_reading_is_a_failure_not_a_crash(tmp_pa
     item = read_document(found, tmp_path)
     assert isinstance(item, IngestFailure) and item.category == "unreadable"
     assert "cannot read" in item.reason
+
+
+# -- PDFs built here to be hostile: PDFium reads, pypdf where PDFium refuses, every failure named --
+
+def _pdf_with_pages(n: int, text: str | None = None, **encrypt) -> bytes:
+    """A small PDF of `n` pages, each showing `text` (or blank), optionally encrypted by pypdf."""
+    import io
+
+    from pypdf import PdfWriter
+    from pypdf.generic import DecodedStreamObject, DictionaryObject, NameObject
+
+    writer = PdfWriter()
+    font = writer._add_object(DictionaryObject({NameObject("/Type"): NameObject("/Font"),
+                                                NameObject("/Subtype"): NameObject("/Type1"),
+                                                NameObject("/BaseFont"): NameObject("/Helvetica")}))
+    for i in range(n):
+        page = writer.add_blank_page(612, 792)
+        if text is not None:
+            content = DecodedStreamObject()
+            content.set_data(f"BT /F1 12 Tf 72 700 Td ({text} {i + 1}) Tj ET".encode())
+            page[NameObject("/Contents")] = writer._add_object(content)
+            page[NameObject("/Resources")] = DictionaryObject({NameObject("/Font"): DictionaryObject(
+                {NameObject("/F1"): font})})
+    if encrypt:
+        writer.encrypt(**encrypt)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+SENTENCE = "The quarterly report states that revenue grew across every region this year"
+
+
+def test_generated_pdf_reads_page_by_page_with_markers(tmp_path):
+    (tmp_path / "made.pdf").write_bytes(_pdf_with_pages(3, SENTENCE))
+    doc = read_document(tmp_path / "made.pdf", tmp_path)
+    assert isinstance(doc, Document) and doc.page_count == 3
+    assert doc.pages[2].strip() == f"{SENTENCE} 3"
+    assert doc.body.startswith(f"--- Page 1 ---\n{SENTENCE} 1")
+    assert "\r" not in doc.body and doc.notes == ()
+
+
+def test_aes256_with_empty_user_password_opens_and_says_so(tmp_path):
+    (tmp_path / "owner.pdf").write_bytes(_pdf_with_pages(2, SENTENCE, user_password="", owner_password="owner-secret",
+                                                         algorithm="AES-256"))
+    doc = read_document(tmp_path / "owner.pdf", tmp_path)
+    assert isinstance(doc, Document), getattr(doc, "reason", "")
+    assert SENTENCE in doc.body
+    assert any("decrypted" in n for n in doc.notes)
+
+
+@pytest.mark.parametrize("algorithm", ["AES-256", "RC4-128"])
+def test_pdf_needing_a_user_password_is_refused_as_encrypted(tmp_path, algorithm):
+    (tmp_path / "locked.pdf").write_bytes(_pdf_with_pages(1, SENTENCE, user_password="user-secret",
+                                                          owner_password="owner-secret", algorithm=algorithm))
+    item = read_document(tmp_path / "locked.pdf", tmp_path)
+    assert isinstance(item, IngestFailure)
+    assert (item.category, item.reason) == ("encrypted", "the PDF is encrypted and needs a password to open")
+
+
+def test_pdf_pdfium_refuses_is_read_by_pypdf(tmp_path, corpus):
+    # 2 KB of junk before the header (a download that kept its HTTP preamble): PDFium looks for
+    # "%PDF" in the first 1,024 bytes only and refuses; pypdf finds the document behind it.
+    data = b"X" * 2048 + (corpus / "pdf/paper_tracemonkey_pldi2009_14p.pdf").read_bytes()
+    (tmp_path / "prefixed.pdf").write_bytes(data)
+    doc = read_document(tmp_path / "prefixed.pdf", tmp_path)
+    assert isinstance(doc, Document), getattr(doc, "reason", "")
+    assert doc.page_count == 14 and "Trace-based" in doc.body
+    assert any(n.startswith("read with pypdf: PDFium could not open it") for n in doc.notes)
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.5, 0.95])
+def test_truncated_pdf_is_corrupt(tmp_path, corpus, fraction):
+    data = (corpus / "pdf/paper_tracemonkey_pldi2009_14p.pdf").read_bytes()
+    (tmp_path / "cut.pdf").write_bytes(data[: int(len(data) * fraction)])
+    item = read_document(tmp_path / "cut.pdf", tmp_path)
+    assert isinstance(item, IngestFailure) and item.category == "corrupt"
+    assert "damaged" in item.reason
+
+
+def test_random_bytes_named_pdf_are_corrupt(tmp_path):
+    import random
+
+    (tmp_path / "noise.pdf").write_bytes(random.Random(7).randbytes(20_000))
+    item = read_document(tmp_path / "noise.pdf", tmp_path)
+    assert isinstance(item, IngestFailure) and item.category == "corrupt"
+
+
+def test_pages_that_draw_nothing_are_damaged_or_blank(tmp_path):
+    (tmp_path / "blank.pdf").write_bytes(_pdf_with_pages(3))
+    item = read_document(tmp_path / "blank.pdf", tmp_path)
+    assert isinstance(item, IngestFailure) and item.category == "corrupt"
+    assert "3 of its 3 pages draw nothing" in item.reason
+
+
+def test_image_only_pdf_is_read_from_images_in_native_mode_only(corpus):
+    path = corpus / "pdf/scanned_image_only_ccitt_irs_i1040nr_24p.pdf"
+    as_text = read_document(path, path.parent)
+    as_native = read_document(path, path.parent, native_pdf=True)
+    assert isinstance(as_text, IngestFailure) and as_text.category == "no_text"
+    assert isinstance(as_native, Document) and as_native.page_count == 24
+    assert any("reads the page images" in n for n in as_native.notes)
+
+
+def test_pdfium_hyphen_marks_and_line_ends_are_cleaned(corpus):
+    # PDFium joins "com-" + "pany" across a line break and marks it with U+FFFE; lines end in CRLF.
+    doc = read_document(corpus / "pdf/long_freeculture_lessig_2004_352p.pdf", corpus)
+    assert "\ufffe" not in doc.body and "\r" not in doc.body
+    assert "company launched a campaign" in " ".join(doc.body.split())
+    assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f]", doc.body)

@@ -1,0 +1,228 @@
+"""Reading many documents: worker processes keep input order and lose only the document whose
+worker died; the ingest cache is used when it may be and never when it must not be."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks import ingest_cache, ingest_pool
+from tasks.ingest import Document, IngestFailure, read_document
+from tasks.ingest_cache import Extract, IngestCache
+from tasks.ingest_pool import read_documents
+
+CORPUS_FILES = [
+    "pdf/paper_tracemonkey_pldi2009_14p.pdf",
+    "pdf/enc_aes256_r6_userpw-foo_ownerpw-bar.pdf",
+    "text/udhr_article1_multilingual.txt",
+    "pdf/ligatures_copy_paste.pdf",
+    "pdf/broken_truncated_60pct_nist_sp800-223.pdf",
+    "pdf/enc_owner_restricted_rc4_dmca_18p.pdf",
+    "text/sec_10k_apple.md",
+    "pdf/scanned_with_ocr_text_layer_vicksburg_6p.pdf",
+]
+
+
+@pytest.fixture
+def inbox(tmp_path, corpus) -> Path:
+    """Corpus files under names that sort in the order above (the order must survive the pool)."""
+    box = tmp_path / "inbox"
+    box.mkdir()
+    for i, rel in enumerate(CORPUS_FILES):
+        shutil.copy(corpus / rel, box / f"{i:02d}-{Path(rel).name}")
+    return box
+
+
+@pytest.fixture
+def always_pooled(monkeypatch):
+    monkeypatch.setattr(ingest_pool, "POOL_MIN_BYTES", 0)
+
+
+def _paths(inbox: Path) -> list[Path]:
+    return sorted(inbox.iterdir())
+
+
+def test_workers_give_what_reading_in_process_gives_in_input_order(inbox, always_pooled):
+    paths = _paths(inbox)
+    expected = [read_document(p, inbox) for p in paths]
+    got = list(read_documents(paths, inbox, workers=2))
+    assert [item.source for item in got] == [p.name for p in paths]
+    assert got == expected
+    assert sum(isinstance(i, IngestFailure) for i in got) == 2  # the encrypted and the truncated PDF
+
+
+def test_order_holds_when_early_documents_are_the_slow_ones(inbox, corpus, always_pooled):
+    # A 352-page book first, then small files: the small ones finish first but wait their turn.
+    shutil.copy(corpus / "pdf/long_freeculture_lessig_2004_352p.pdf", inbox / "00-a-book.pdf")
+    paths = _paths(inbox)
+    got = list(read_documents(paths, inbox, workers=2))
+    assert [item.source for item in got] == [p.name for p in paths]
+    assert got[0].page_count == 352
+
+
+def test_a_dying_worker_fails_its_document_only(inbox, always_pooled, monkeypatch):
+    paths = _paths(inbox)
+    victim = paths[3].name  # the ligatures PDF
+    monkeypatch.setenv("LONGBATCH_FAILPOINT", f"reading:{victim}")  # its worker SIGKILLs itself
+    got = list(read_documents(paths, inbox, workers=2))
+    assert [item.source for item in got] == [p.name for p in paths]
+    dead = got[3]
+    assert isinstance(dead, IngestFailure) and dead.category == "unreadable"
+    assert "killed by signal 9" in dead.reason and "crash" in dead.reason
+    monkeypatch.delenv("LONGBATCH_FAILPOINT")
+    for path, item in zip(paths, got, strict=True):
+        if path.name != victim:
+            assert item == read_document(path, inbox), path.name
+
+
+def test_small_jobs_and_one_worker_read_in_process(inbox, monkeypatch):
+    # The failpoint only exists in workers: with none started, nothing dies.
+    monkeypatch.setenv("LONGBATCH_FAILPOINT", f"reading:{_paths(inbox)[0].name}")
+    for workers in (1, 4):  # 4 workers, but the inbox is under POOL_MIN_BYTES
+        got = list(read_documents(_paths(inbox), inbox, workers=workers))
+        assert isinstance(got[0], Document) and got[0].page_count == 14
+
+
+def test_stopping_early_stops_the_workers(inbox, always_pooled):
+    reader = read_documents(_paths(inbox), inbox, workers=2)
+    first = next(reader)
+    started = time.monotonic()
+    reader.close()
+    assert isinstance(first, Document) and time.monotonic() - started < 15
+
+
+def test_default_workers_is_the_cores_this_process_may_use():
+    assert ingest_pool.default_workers() == len(os.sched_getaffinity(0))
+
+
+# -- the cache -------------------------------------------------------------------------------
+
+def _entries(cache_dir: Path) -> list[Path]:
+    return sorted((cache_dir / "ingest").glob("*/*.json"))
+
+
+def test_a_second_read_comes_from_the_cache(inbox, tmp_path):
+    cache_dir = tmp_path / "cache"
+    paths = _paths(inbox)
+    first = list(read_documents(paths, inbox, cache_dir=cache_dir))
+    # Every PDF (refusals included) and the text files over 64 KB have an entry.
+    assert len(_entries(cache_dir)) == len(paths)
+    # Proof that the next read uses the entry, not the file: plant different text in it.
+    doc = first[0]
+    IngestCache(cache_dir).put(doc.sha256, "pdf", "text", Extract("pdf", ("planted text",), 3, ()))
+    again = list(read_documents(paths, inbox, cache_dir=cache_dir))
+    assert again[0].body == "--- Page 1 ---\nplanted text" and again[0].body_cl100k == 3
+    assert again[1:] == first[1:]
+
+
+def test_a_renamed_file_hits_its_entry_under_its_new_name(inbox, tmp_path):
+    cache_dir = tmp_path / "cache"
+    path = _paths(inbox)[0]
+    first = read_document(path, inbox, cache_dir=cache_dir)
+    moved = inbox / "sub" / "renamed.pdf"
+    moved.parent.mkdir()
+    path.rename(moved)
+    [doc] = read_documents([moved], inbox, cache_dir=cache_dir)
+    assert doc.source == "sub/renamed.pdf" and doc.doc_id != first.doc_id
+    assert (doc.pages, doc.body_cl100k, doc.sha256) == (first.pages, first.body_cl100k, first.sha256)
+    assert len(_entries(cache_dir)) == 1
+
+
+def test_a_changed_file_is_read_again(tmp_path):
+    inbox, cache_dir = tmp_path / "inbox", tmp_path / "cache"
+    inbox.mkdir()
+    path = inbox / "notes.txt"
+    path.write_text("first version. " * 10_000)
+    first = read_document(path, inbox, cache_dir=cache_dir)
+    path.write_text("second version, longer. " * 10_000)
+    [second] = read_documents([path], inbox, cache_dir=cache_dir)
+    assert second.body.startswith("second version") and second.sha256 != first.sha256
+    assert len(_entries(cache_dir)) == 2
+
+
+def test_a_new_extractor_version_misses_old_entries(inbox, tmp_path, monkeypatch):
+    cache_dir = tmp_path / "cache"
+    path = _paths(inbox)[0]
+    doc = read_document(path, inbox, cache_dir=cache_dir)
+    IngestCache(cache_dir).put(doc.sha256, "pdf", "text", Extract("pdf", ("planted text",), 3, ()))
+    monkeypatch.setattr(ingest_cache, "INGEST_RULES_VERSION", ingest_cache.INGEST_RULES_VERSION + 1)
+    ingest_cache.extractor_version.cache_clear()
+    try:
+        [again] = read_documents([path], inbox, cache_dir=cache_dir)
+        assert again.pages == doc.pages  # read from the file, not the planted entry
+        assert len(_entries(cache_dir)) == 2
+    finally:
+        monkeypatch.undo()
+        ingest_cache.extractor_version.cache_clear()
+
+
+def test_pdf_mode_is_part_of_the_key(corpus, tmp_path):
+    # A scan is refused in text mode (and the refusal cached) but read from its images natively.
+    inbox, cache_dir = corpus / "pdf", tmp_path / "cache"
+    path = inbox / "scanned_image_only_ccitt_irs_i1040nr_24p.pdf"
+    as_text = read_document(path, inbox, cache_dir=cache_dir)
+    [as_text_again] = read_documents([path], inbox, cache_dir=cache_dir)
+    [native] = read_documents([path], inbox, native_pdf=True, cache_dir=cache_dir)
+    assert isinstance(as_text, IngestFailure) and as_text_again == as_text
+    assert isinstance(native, Document) and native.page_count == 24
+    assert len(_entries(cache_dir)) == 2
+
+
+@pytest.mark.parametrize("damage", [
+    b"",
+    b"{not json",
+    b'{"key": "someone else\'s", "kind": "pdf", "pages": ["x"], "cl100k": 1, "notes": [], "chars": 1}',
+    "wrong key",
+    "wrong length",
+    "wrong types",
+])
+def test_a_damaged_entry_is_ignored_and_rewritten(inbox, tmp_path, damage):
+    cache_dir = tmp_path / "cache"
+    path = _paths(inbox)[0]
+    doc = read_document(path, inbox, cache_dir=cache_dir)
+    [entry] = _entries(cache_dir)
+    good = json.loads(entry.read_bytes())
+    if damage == "wrong key":
+        damage = json.dumps({**good, "key": good["key"].replace("rules", "other rules")}).encode()
+    elif damage == "wrong length":
+        damage = json.dumps({**good, "pages": ["short"] + good["pages"][1:]}).encode()
+    elif damage == "wrong types":
+        damage = json.dumps({**good, "cl100k": "many"}).encode()
+    entry.write_bytes(damage)
+    [again] = read_documents([path], inbox, cache_dir=cache_dir)
+    assert again == doc
+    assert json.loads(entry.read_bytes()) == good  # rewritten whole
+
+
+def test_prune_removes_the_least_recently_used_entries(tmp_path):
+    cache = IngestCache(tmp_path)
+    for i in range(5):
+        cache.put(f"{i:064x}", "text", "text", Extract("text", ("x" * 1000,), 250, ()))
+        path = cache.path_for(f"{i:064x}", "text", "text")
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    assert cache.get(f"{0:064x}", "text", "text") is not None  # used now: the newest
+    size = cache.path_for(f"{0:064x}", "text", "text").stat().st_size
+    assert cache.prune(max_bytes=2 * size) == 3
+    assert cache.get(f"{0:064x}", "text", "text") is not None
+    assert cache.get(f"{4:064x}", "text", "text") is not None
+    assert [cache.get(f"{i:064x}", "text", "text") for i in (1, 2, 3)] == [None, None, None]
+
+
+def test_workers_fill_the_cache_the_next_run_reads(inbox, tmp_path, always_pooled):
+    cache_dir = tmp_path / "cache"
+    paths = _paths(inbox)
+    first = list(read_documents(paths, inbox, cache_dir=cache_dir, workers=2))
+    assert len(_entries(cache_dir)) == len(paths)
+    assert list(read_documents(paths, inbox, cache_dir=cache_dir, workers=2)) == first
+
+
+def test_an_unwritable_cache_only_costs_speed(inbox, tmp_path):
+    blocker = tmp_path / "cache"
+    blocker.write_text("a file where the cache directory should be")
+    path = _paths(inbox)[0]
+    assert read_document(path, inbox, cache_dir=blocker) == read_document(path, inbox)
