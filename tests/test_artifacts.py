@@ -98,7 +98,8 @@ def test_a_run_publishes_table_summary_and_a_final_message(data_dir):
             id=FlowRunFilterId(any_=[state.state_details.flow_run_id])))
     ingest_names = sorted(t.name for t in task_runs if t.name.startswith("ingest-"))
     # One task reads a chunk of documents (on every core), named after them.
-    assert ingest_names == ["ingest-agenda.md-and-3-more"]
+    assert len(ingest_names) == 1 and ingest_names[0].endswith("-and-3-more")
+    assert ingest_names[0].removeprefix("ingest-").removesuffix("-and-3-more") in set(summary["source"])
 
 
 def test_a_submit_only_run_and_its_collector_both_report(data_dir):
