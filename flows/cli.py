@@ -66,6 +66,9 @@ def _planning(p: argparse.ArgumentParser) -> None:
                    help="text (default): send the text extracted from each PDF; native: send the PDF itself as a "
                         "document block, so the model sees tables, figures and layout (costs image tokens per "
                         "page; split into page ranges over 600 pages (100 below a 1M window) or 32 MB)")
+    p.add_argument("--follow-links", action="store_true",
+                   help="read files and folders that links in the inbox point to, even outside it (default: such "
+                        "links are refused, each with a row in the summary saying so)")
     p.add_argument("--exact-count", action="store_true",
                    help="count every document with the API's count_tokens (free), not only those whose "
                         "local estimate is too close to a limit to decide")
@@ -170,7 +173,8 @@ def _run_params(args: argparse.Namespace, **extra: Any):  # noqa: ANN202
     from flows.process import RunParameters
 
     values: dict[str, Any] = {"data_dir": str(args.data_dir), "min_output_tokens": args.min_output_tokens,
-                              "exact_count": args.exact_count, "pdf_mode": args.pdf_mode}
+                              "exact_count": args.exact_count, "pdf_mode": args.pdf_mode,
+                              "follow_links": args.follow_links}
     if args.inbox:
         values["inbox"] = str(args.inbox)
     if args.model:

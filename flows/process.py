@@ -66,13 +66,15 @@ class RunParameters(BaseModel):
     pdf_mode: Literal["text", "native"] = Field(
         "text", description="PDFs as extracted text (default), or as the PDF itself, for tables and figures "
                             "(document blocks; split into page ranges over 600 pages or 32 MB).")
+    follow_links: bool = Field(False, description="Read files and folders that links in the inbox point to, "
+                                                  "even outside it (off: such links are refused, each with a row).")
 
     def settings(self) -> Settings:
         values: dict[str, Any] = {
             "data_dir": Path(self.data_dir), "model": self.model, "prompts": self.prompts,
             "max_output_tokens": self.max_output_tokens, "min_output_tokens": self.min_output_tokens,
             "budget_usd": self.budget_usd, "simulate": self.simulate, "betas": self.betas,
-            "pdf_mode": self.pdf_mode,
+            "pdf_mode": self.pdf_mode, "follow_links": self.follow_links,
         }
         return Settings(**values)
 
@@ -111,8 +113,9 @@ def api_session(settings: Settings) -> Iterator[anthropic.Anthropic]:
 # -- tasks: thin wrappers around the stages -------------------------------------------------
 
 @task(name="ingest-document", cache_policy=NO_CACHE)
-def ingest_document(path: Path, inbox: Path, native_pdf: bool = False) -> Document | IngestFailure:
-    item = read_document(path, inbox, native_pdf)
+def ingest_document(path: Path, inbox: Path, native_pdf: bool = False,
+                    follow_links: bool = False) -> Document | IngestFailure:
+    item = read_document(path, inbox, native_pdf, follow_links)
     if isinstance(item, IngestFailure):
         get_run_logger().warning("%s: %s (%s)", item.source, item.reason, item.category)
     return item
@@ -332,7 +335,8 @@ def build_plan(params: RunParameters, settings: Settings,
     model = get_model(settings.model)
     prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = params.inbox_path
-    items = [read_document(path, inbox, settings.pdf_mode == "native") for path in discover(inbox)]
+    items = [read_document(path, inbox, settings.pdf_mode == "native", settings.follow_links)
+             for path in discover(inbox, settings.follow_links)]
     if client is not None:
         model = model_from_api(client, settings.model)
     plan = plan_with(items, prompts, model, settings)
@@ -354,12 +358,13 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
     model = get_model(settings.model)
     prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = params.inbox_path
-    paths = discover(inbox)
+    paths = discover(inbox, settings.follow_links)
     logger.info("inbox %s: %d file(s); model %s; prompts %s", inbox, len(paths), model.id,
                 ", ".join(p.name for p in prompts))
 
     native = settings.pdf_mode == "native"
-    items = ingest_document.map(paths, inbox=inbox, native_pdf=native).result() if paths else []
+    items = (ingest_document.map(paths, inbox=inbox, native_pdf=native, follow_links=settings.follow_links).result()
+             if paths else [])
     for warning in normalize_betas(settings.betas)[1]:
         logger.warning(warning)
     plan = plan_task(items, prompts, model, settings)

@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     betas: list[str] = Field(default_factory=list, description="Extra beta headers for every batch.")
     pdf_mode: Literal["text", "native"] = Field(
         "text", description="PDFs as extracted text, or as the PDF itself (document blocks).")
+    follow_links: bool = Field(False, description="Read what links in the inbox point to, even outside it.")
 
     simulate: bool = Field(False, description="Use the built-in local Batches API simulator.")
     api_key: SecretStr | None = Field(

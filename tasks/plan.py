@@ -457,10 +457,10 @@ def rebuild_request(row: dict, inbox: Path, data_dir: Path) -> PlannedRequest | 
     from; or say why it cannot be rebuilt identically (checked by its fingerprint)."""
     from longbatch.catalog import get_model
     from longbatch.errors import LongbatchError
-    from tasks.ingest import read_document
+    from tasks.ingest import find_source, read_document
     from tasks.prompts import load_prompt
 
-    path = inbox / row["source"]
+    path = find_source(inbox, row["source"])  # a name with escaped bytes is looked up
     if not path.is_file():
         return f"{row['source']} is no longer in the inbox ({inbox})"
     step = json.loads(row["meta"]) if row.get("meta") else None
