@@ -28,9 +28,9 @@ class _UserErrorsWithoutTraceback(logging.Filter):
     (budget, model, key), the one-line message is the whole story: drop the traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from longbatch.errors import LongbatchError
+        from longbatch.problems import explain
 
-        if record.exc_info and isinstance(record.exc_info[1], LongbatchError):
+        if record.exc_info and record.exc_info[1] is not None and explain(record.exc_info[1]):
             record.exc_info = None
             record.exc_text = None
         return True
@@ -56,7 +56,7 @@ def _planning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-output-tokens", type=int,
                    help="output tokens to ask per document (default: the most the model allows in a batch, "
                         "300,000 on models that take the 300K beta)")
-    p.add_argument("--min-output-tokens", type=int, default=8_192,
+    p.add_argument("--min-output-tokens", type=int,
                    help="a document that cannot get this much output does not fit (default: 8192)")
     p.add_argument("--beta", action="append", dest="betas", metavar="NAME",
                    help="an extra beta header for every batch (repeatable); the retired "
@@ -122,9 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--inbox", type=Path,
                          help="where the documents are, to rebuild retried requests (default: DATA_DIR/inbox)")
 
-    status = sub.add_parser("status", help="pending batches and requests")
+    status = sub.add_parser("status", help="pending batches and requests",
+                            description="List the batches sent from the data dir that are not collected yet (their "
+                                        "state, request count and age), the ledger's requests by state, and any "
+                                        "steps waiting to combine the part reports of split documents. Reads the "
+                                        "ledger only: nothing is sent and no key is needed.")
     _common(status)
-    usage = sub.add_parser("usage", help="tokens and money spent, from the ledger")
+    usage = sub.add_parser("usage", help="tokens and money spent, from the ledger",
+                           description="Sum, per model, the input and output tokens and the dollars billed for every "
+                                       "succeeded request in the ledger (batch prices, from the usage the API "
+                                       "returned); errored, canceled and expired requests are not billed. Reads the "
+                                       "ledger only: nothing is sent and no key is needed.")
     _common(usage)
 
     sim = sub.add_parser("simulator", help="run the local Batches API simulator as a server",
@@ -156,12 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults()
     _quiet_user_errors()
-    from longbatch.errors import LongbatchError
+    from longbatch.problems import explain
 
     try:
         return COMMANDS[args.command](args)
-    except LongbatchError as exc:
-        print(f"longbatch: {exc}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - what the user can act on is one line; the rest is a bug
+        message = explain(exc)
+        if message is None:
+            raise
+        print(f"longbatch: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("longbatch: interrupted; submitted batches go on. `longbatch run` or `collect` resumes.",
@@ -172,8 +183,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run_params(args: argparse.Namespace, **extra: Any):  # noqa: ANN202
     from flows.process import RunParameters
 
-    values: dict[str, Any] = {"data_dir": str(args.data_dir), "min_output_tokens": args.min_output_tokens,
-                              "exact_count": args.exact_count, "pdf_mode": args.pdf_mode,
+    values: dict[str, Any] = {"data_dir": str(args.data_dir), "exact_count": args.exact_count, "pdf_mode": args.pdf_mode,
                               "follow_links": args.follow_links}
     if args.inbox:
         values["inbox"] = str(args.inbox)
@@ -181,8 +191,10 @@ def _run_params(args: argparse.Namespace, **extra: Any):  # noqa: ANN202
         values["model"] = args.model
     if args.prompts:
         values["prompts"] = args.prompts
-    if args.max_output_tokens:
+    if args.max_output_tokens is not None:  # 0 is refused, not taken as "the maximum"
         values["max_output_tokens"] = args.max_output_tokens
+    if args.min_output_tokens is not None:
+        values["min_output_tokens"] = args.min_output_tokens
     if args.betas:
         values["betas"] = args.betas
     return RunParameters(**values, **extra)
@@ -192,10 +204,17 @@ def _preflight(params: Any) -> None:
     """Checks that need no document: fail fast, before Prefect starts or anything is written."""
     from flows.process import check_api_access
     from longbatch.catalog import get_model
+    from longbatch.problems import check_data_dir
     from tasks.prompts import load_prompts
 
     settings = params.settings()
     check_api_access(settings)
+    check_data_dir(settings.data_dir)
+    from longbatch.ledger import Ledger
+
+    ledger = Ledger.existing(settings.data_dir)  # a damaged ledger is said now, not after ingest
+    if ledger is not None:
+        ledger.close()
     get_model(settings.model)
     load_prompts(settings.prompts, settings.data_dir)
     if not params.inbox_path.is_dir():
@@ -226,9 +245,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     from flows.process import build_plan
     from longbatch.fsutil import atomic_write_text
+    from longbatch.problems import check_data_dir
 
     params = _run_params(args)
     settings = params.settings()
+    check_data_dir(settings.data_dir)
     if not params.inbox_path.is_dir():
         from longbatch.errors import ConfigError
 
@@ -293,8 +314,14 @@ def _counting_client(args: argparse.Namespace, settings: Any) -> Iterator[Any]:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     from flows.process import check_api_access, collect_batches
+    from longbatch.problems import check_data_dir
     from longbatch.settings import Settings
 
+    check_data_dir(args.data_dir, write=False)
+    if not _pending_work(args.data_dir):  # nothing to do: no key needed, no Prefect started
+        print(f"Nothing pending in {args.data_dir}: every batch sent from there has been collected.")
+        return 0
+    check_data_dir(args.data_dir)
     check_api_access(Settings(data_dir=args.data_dir, simulate=args.simulate))
     result = collect_batches(data_dir=str(args.data_dir), simulate=args.simulate, wait=args.wait,
                              inbox=str(args.inbox) if args.inbox else None)
@@ -302,9 +329,27 @@ def cmd_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _pending_work(data_dir: Path) -> bool:
+    """Anything `collect` would act on: batches not collected, requests to send or resend,
+    combining steps waiting for their parts."""
     from longbatch.ledger import Ledger
 
+    ledger = Ledger.existing(data_dir)
+    if ledger is None:
+        return False
+    try:
+        return bool(ledger.batches_in_state("intent", "unknown", "submitted", "ended")
+                    or ledger.requests_in_state("queued", "submitting", "retryable")
+                    or ledger.reductions_in_state("waiting"))
+    finally:
+        ledger.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from longbatch.ledger import Ledger
+    from longbatch.problems import check_data_dir
+
+    check_data_dir(args.data_dir, write=False)
     ledger = Ledger.existing(args.data_dir)
     if ledger is None:
         print(f"No ledger in {args.data_dir}: nothing has been submitted from there yet.")
@@ -334,7 +379,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from longbatch.ledger import Ledger
+    from longbatch.problems import check_data_dir
 
+    check_data_dir(args.data_dir, write=False)
     ledger = Ledger.existing(args.data_dir)
     if ledger is None:
         print(f"No ledger in {args.data_dir}: nothing spent.")

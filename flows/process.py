@@ -76,6 +76,8 @@ class RunParameters(BaseModel):
             "budget_usd": self.budget_usd, "simulate": self.simulate, "betas": self.betas,
             "pdf_mode": self.pdf_mode, "follow_links": self.follow_links,
         }
+        if "min_output_tokens" not in self.model_fields_set:
+            del values["min_output_tokens"]  # the default yields to a smaller maximum; a given one is checked
         return Settings(**values)
 
     @property

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from longbatch.catalog import DEFAULT_MODEL
@@ -22,12 +22,12 @@ class Settings(BaseSettings):
     model: str = Field(DEFAULT_MODEL, description="Claude model id.")
     prompts: list[str] = Field(default_factory=lambda: ["report"], description="Prompt names or files.")
     max_output_tokens: int | None = Field(
-        None, description="Output budget asked per request; default: the most the model allows in a batch."
+        None, ge=1, description="Output budget asked per request; default: the most the model allows in a batch."
     )
     min_output_tokens: int = Field(
-        8_192, description="A document that cannot get at least this much output does not fit."
+        8_192, ge=1, description="A document that cannot get at least this much output does not fit."
     )
-    budget_usd: float | None = Field(None, description="Refuse to submit when the estimate exceeds this.")
+    budget_usd: float | None = Field(None, ge=0, description="Refuse to submit when the estimate exceeds this.")
     betas: list[str] = Field(default_factory=list, description="Extra beta headers for every batch.")
     pdf_mode: Literal["text", "native"] = Field(
         "text", description="PDFs as extracted text, or as the PDF itself (document blocks).")
@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     create_grace_seconds: float = 120.0
     # messages.count_tokens is free but rate-limited: pace the exact counts.
     count_tokens_per_minute: float = 50.0
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> "Settings":
+        # Only a minimum the user gave: the default one yields to a smaller maximum (see check_fit).
+        given = "min_output_tokens" in self.model_fields_set
+        if given and self.max_output_tokens is not None and self.min_output_tokens > self.max_output_tokens:
+            raise ValueError(f"--min-output-tokens ({self.min_output_tokens:,}) is above --max-output-tokens "
+                             f"({self.max_output_tokens:,}): no document could fit")
+        return self
 
     @property
     def inbox(self) -> Path:
