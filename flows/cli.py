@@ -229,8 +229,10 @@ def cmd_run(args: argparse.Namespace) -> int:
                          max_attempts=args.max_attempts)
     _preflight(params)
     from flows.process import process_documents
+    from longbatch.prefect_server import temporary_prefect_server
 
-    result = process_documents(params)
+    with temporary_prefect_server():  # dies with this process, however it ends
+        result = process_documents(params)
     _print_summary(Path(result["summary_csv"]), args.data_dir)
     if args.no_wait:
         print("Submitted. Run `longbatch collect" + (" --simulate" if args.simulate else "")
@@ -323,8 +325,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
         return 0
     check_data_dir(args.data_dir)
     check_api_access(Settings(data_dir=args.data_dir, simulate=args.simulate))
-    result = collect_batches(data_dir=str(args.data_dir), simulate=args.simulate, wait=args.wait,
-                             inbox=str(args.inbox) if args.inbox else None)
+    from longbatch.prefect_server import temporary_prefect_server
+
+    with temporary_prefect_server():  # dies with this process, however it ends
+        result = collect_batches(data_dir=str(args.data_dir), simulate=args.simulate, wait=args.wait,
+                                 inbox=str(args.inbox) if args.inbox else None)
     _print_summary(Path(result["summary_csv"]), args.data_dir)
     return 0
 
