@@ -231,13 +231,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flows.process import process_documents
     from longbatch.prefect_server import temporary_prefect_server
 
+    sent_before = _requests_in_ledger(args.data_dir)
     with temporary_prefect_server():  # dies with this process, however it ends
         result = process_documents(params)
     _print_summary(Path(result["summary_csv"]), args.data_dir)
-    if args.no_wait:
+    if _requests_in_ledger(args.data_dir) == sent_before:
+        print("Nothing new to send: every document and prompt here was sent before (or cannot be, for the reason "
+              "in its row). A changed document, prompt, model or output budget is sent as new work.")
+    elif args.no_wait:
         print("Submitted. Run `longbatch collect" + (" --simulate" if args.simulate else "")
               + "` later (or `longbatch status`) to gather the reports.")
     return 0
+
+
+def _requests_in_ledger(data_dir: Path) -> int:
+    """How many distinct requests the ledger holds (one per piece of work ever sent or queued)."""
+    import sqlalchemy as sa
+
+    from longbatch.ledger import Ledger, requests
+
+    ledger = Ledger.existing(data_dir)
+    if ledger is None:
+        return 0
+    try:
+        with ledger.tx() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(requests)).scalar_one())
+    finally:
+        ledger.close()
+
+
+def _clip(column: Any, width: int) -> Any:
+    """Cut text to `width` characters, with an ellipsis where something was cut."""
+    text = column.fillna("").astype(str)
+    return text.where(text.str.len() <= width, text.str.slice(0, width - 1) + "…")
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
@@ -274,7 +300,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         show[column] = show[column].astype("Int64").astype("string").fillna("-")
     # A split document's parts and combining steps sit under its row, named by what they cover.
     is_step = frame["part"] != ""
-    show["source"] = frame["source"].str.slice(0, 48).where(~is_step, "  " + frame["covers"].str.slice(0, 46))
+    show["source"] = _clip(frame["source"], 48).where(~is_step, "  " + _clip(frame["covers"], 46))
     show["batch"] = show["batch"].where(frame["status"] != "reduce", "after parts")
     print(show.to_string(index=False, na_rep="-"))
     notes = frame[~is_step & ((frame["status"] != "ready") | frame["parts"].notna())][["source", "reason"]]
@@ -283,10 +309,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
         for _, r in notes.iterrows():
             print(f"  {r['source']}: {r['reason']}")
     steps = len(plan.reductions)
+    unsent = sum(1 for r in plan.document_rows if r.status != "ready")
     print(f"\n{len(plan.document_rows)} document row(s), {len(plan.requests)} request(s) in {len(plan.batches)} "
           f"batch(es)" + (f" and {steps} combining step(s) sent once their parts are done" if steps else "")
           + f", for {model.id}. Estimated input cost ${plan.est_input_usd:,.2f}; at most ${plan.max_cost_usd:,.2f} "
-          f"if every granted output token is used (batch prices, 50% off). Written to {out}.")
+          f"if every granted output token is used (batch prices, 50% off)"
+          + (f"; the {unsent} row(s) that do not fit, cannot be read or are duplicates are not sent and not "
+             f"counted" if unsent else "") + f". Written to {out}.")
     return 0
 
 
@@ -438,8 +467,8 @@ def _print_summary(path: Path, data_dir: Path) -> None:
         return
     show = frame[["source", "prompt", "status", "output_tokens", "cost_usd", "reason"]].copy()
     show["output_tokens"] = show["output_tokens"].astype("Int64")
-    show["source"] = show["source"].str.slice(0, 48)
-    show["reason"] = show["reason"].fillna("").str.slice(0, 70)
+    show["source"] = _clip(show["source"], 48)
+    show["reason"] = _clip(show["reason"], 70)
     print(show.to_string(index=False, na_rep="-"))
     counts = frame["status"].value_counts()
     print("\n" + ", ".join(f"{v} {k}" for k, v in counts.items()) + f". Reports in {data_dir / 'reports'}; "
