@@ -272,7 +272,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from flows.process import build_plan
-    from longbatch.fsutil import atomic_write_text
+    from longbatch.fsutil import atomic_write_text, csv_text
     from longbatch.problems import check_data_dir
 
     params = _run_params(args)
@@ -293,7 +293,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(f"No documents in {params.inbox_path}.")
         return 0
     out = settings.data_dir / "plan.csv"
-    atomic_write_text(out, frame.to_csv(index=False))
+    atomic_write_text(out, csv_text(frame))
     show = frame[["source", "prompt", "status", "part", "pages", "chars", "cl100k_tokens", "exact_input_tokens",
                   "est_input_tokens", "upper_input_tokens", "granted_max_tokens", "batch", "max_cost_usd"]].copy()
     for column in ("pages", "exact_input_tokens", "batch"):

@@ -129,3 +129,19 @@ def test_fifos_sockets_and_broken_links_get_a_row_instead_of_vanishing(tmp_path)
     rows = {r.source: r for r in _plan(list(items.values()), tmp_path).rows}
     assert rows["pipe.txt"].status == FAILED and rows["pipe.txt"].reason.startswith("not_a_regular_file: ")
     assert rows["ok.txt"].status == READY
+
+
+def test_tables_keep_one_row_per_line_when_a_cell_holds_a_carriage_return():
+    import pandas as pd
+
+    from longbatch.fsutil import csv_text
+
+    frame = pd.DataFrame({"source": ["a.txt", "b.txt"], "reason": ["the API said:\rno", None], "n": [1, 2]})
+    def rows(text: str) -> int:
+        return len(list(csv.reader(io.StringIO(text, newline=""))))
+
+    assert rows(frame.to_csv(index=False)) == 4  # pandas alone: the bare \r splits a row in two
+    text = csv_text(frame)
+    assert rows(text) == 3 and "\r" not in text
+    back = pd.read_csv(io.StringIO(text))
+    assert back["reason"].tolist()[0] == "the API said:\nno" and back["n"].tolist() == [1, 2]
