@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-EXIT_USER_ERROR = 2
+from flows.commands import COMMANDS, EXIT_USER_ERROR
 
 
 def _prefect_defaults() -> None:
@@ -28,9 +24,9 @@ class _UserErrorsWithoutTraceback(logging.Filter):
     (budget, model, key), the one-line message is the whole story: drop the traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from longbatch.errors import LongbatchError
+        from longbatch.problems import explain
 
-        if record.exc_info and isinstance(record.exc_info[1], LongbatchError):
+        if record.exc_info and record.exc_info[1] is not None and explain(record.exc_info[1]):
             record.exc_info = None
             record.exc_text = None
         return True
@@ -66,6 +62,9 @@ def _planning(p: argparse.ArgumentParser) -> None:
                    help="text (default): send the text extracted from each PDF; native: send the PDF itself as a "
                         "document block, so the model sees tables, figures and layout (costs image tokens per "
                         "page; split into page ranges over 600 pages (100 below a 1M window) or 32 MB)")
+    p.add_argument("--follow-links", action="store_true", default=None,
+                   help="read files and folders that links in the inbox point to, even outside it (default: such "
+                        "links are refused, each with a row in the summary saying so)")
     p.add_argument("--exact-count", action="store_true", default=None,
                    help="count every document with the API's count_tokens (free), not only those whose "
                         "local estimate is too close to a limit to decide")
@@ -119,9 +118,17 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--inbox", type=Path,
                          help="where the documents are, to rebuild retried requests (default: DATA_DIR/inbox)")
 
-    status = sub.add_parser("status", help="pending batches and requests")
+    status = sub.add_parser("status", help="pending batches and requests",
+                            description="List the batches sent from the data dir that are not collected yet (their "
+                                        "state, request count and age), the ledger's requests by state, and any "
+                                        "steps waiting to combine the part reports of split documents. Reads the "
+                                        "ledger only: nothing is sent and no key is needed.")
     _common(status)
-    usage = sub.add_parser("usage", help="tokens and money spent, from the ledger")
+    usage = sub.add_parser("usage", help="tokens and money spent, from the ledger",
+                           description="Sum, per model, the input and output tokens and the dollars billed for every "
+                                       "succeeded request in the ledger (batch prices, from the usage the API "
+                                       "returned); errored, canceled and expired requests are not billed. Reads the "
+                                       "ledger only: nothing is sent and no key is needed.")
     _common(usage)
 
     sim = sub.add_parser("simulator", help="run the local Batches API simulator as a server",
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults()
     _quiet_user_errors()
-    from pydantic import ValidationError
+    from longbatch.problems import explain
 
     from longbatch.errors import LongbatchError
     from longbatch.redact import install_log_redaction, redact
@@ -164,10 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     except LongbatchError as exc:
         print(f"longbatch: {redact(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except ValidationError as exc:  # a setting that cannot work: name the flag, drop the traceback
-        for error in exc.errors():
-            name = "--" + "-".join(str(part) for part in error["loc"]).replace("_", "-") if error["loc"] else "settings"
-            print(f"longbatch: {name}: {error['msg']}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("longbatch: interrupted; submitted batches go on. `longbatch run` or `collect` resumes.",
+              file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - what the user can act on is one line; the rest is a bug
+        message = explain(exc)  # bad values, a full or read-only disk, a damaged ledger
+        if message is not None:
+            print(f"longbatch: {redact(message)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        import traceback
+
+        print(redact(traceback.format_exc()), file=sys.stderr, end="")  # a bug keeps its traceback, never the key
+        return 1
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("longbatch: interrupted; submitted batches go on. `longbatch run` or `collect` resumes.",
@@ -178,261 +194,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(redact(traceback.format_exc()), file=sys.stderr, end="")
         return 1
-
-
-def _planning_values(args: argparse.Namespace) -> dict[str, Any]:
-    """What the user gave on the command line; None (not given) leaves it to the environment
-    and the defaults in longbatch/settings.py."""
-    return {"data_dir": args.data_dir, "inbox": args.inbox, "model": args.model, "prompts": args.prompts,
-            "max_output_tokens": args.max_output_tokens, "min_output_tokens": args.min_output_tokens,
-            "betas": args.betas, "pdf_mode": args.pdf_mode, "exact_count": args.exact_count}
-
-
-def _preflight(settings: Any) -> None:
-    """Checks that need no document: fail fast, before Prefect starts or anything is written."""
-    from longbatch.api import check_api_access
-    from longbatch.catalog import get_model
-    from tasks.prompts import load_prompts
-
-    check_api_access(settings)
-    get_model(settings.model)
-    load_prompts(settings.prompts, settings.data_dir)
-    _require_inbox(settings)
-
-
-def _require_inbox(settings: Any) -> None:
-    if not settings.inbox_dir.is_dir():
-        from longbatch.errors import ConfigError
-
-        raise ConfigError(f"Inbox {settings.inbox_dir} is not a folder. Put documents in it, or name another "
-                          "folder: `longbatch run PATH`.")
-
-
-def _probe(args: argparse.Namespace) -> None:
-    """An API that cannot be used at all (unreachable, key refused, malformed URL) is said in
-    seconds: before Prefect is even imported, let alone started, and before anything is written."""
-    if args.simulate:
-        return
-    from longbatch.api_errors import probe_api
-    from longbatch.client import make_client
-    from longbatch.settings import Settings
-
-    settings = Settings.given(data_dir=args.data_dir)
-    if settings.api_key is not None:  # no key: the preflight says how to set one
-        probe_api(make_client(settings))
-
-
-def _freeze_imports() -> None:
-    """Prefect, the SDK and pandas leave ~300,000 objects from their imports, alive for the whole
-    command: out of the garbage collector's sight, they are not walked again at every
-    collection that reading documents triggers (measured: ~9 % of in-process PDF reading's CPU,
-    bench/ingest_parallel.py)."""
-    import gc
-
-    gc.freeze()
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    _probe(args)
-    from flows.parameters import RunParameters
-
-    values = {k: (str(v) if isinstance(v, Path) else v) for k, v in _planning_values(args).items()}
-    params = RunParameters(**values, wait=False if args.no_wait else None, simulate=args.simulate,
-                           budget_usd=args.budget_usd, max_attempts=args.max_attempts)
-    settings = params.settings()
-    _preflight(settings)
-    from flows.process import process_documents
-
-    _freeze_imports()
-    result = process_documents(params)
-    _print_summary(Path(result["summary_csv"]), settings.data_dir)
-    if args.no_wait:
-        print("Submitted. Run `longbatch collect" + (" --simulate" if args.simulate else "")
-              + "` later (or `longbatch status`) to gather the reports.")
-    return 0
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from flows.planning import build_plan
-    from longbatch.fsutil import atomic_write_text
-    from longbatch.settings import Settings
-
-    _freeze_imports()
-    settings = Settings.given(**_planning_values(args), simulate=args.simulate)
-    _require_inbox(settings)
-    import datetime
-
-    from longbatch.catalog import get_model, normalize_betas, retirement_warning
-
-    warnings = normalize_betas(settings.betas)[1] + [retirement_warning(get_model(settings.model),
-                                                                        datetime.date.today())]
-    for warning in filter(None, warnings):
-        print(f"warning: {warning}", file=sys.stderr)
-    with _counting_client(settings) as client:
-        plan, model = build_plan(settings, client)
-    frame = pd.DataFrame([r.csv_record() for r in plan.rows])
-    if frame.empty:
-        print(f"No documents in {settings.inbox_dir}.")
-        return 0
-    out = settings.data_dir / "plan.csv"
-    atomic_write_text(out, frame.to_csv(index=False))
-    show = frame[["source", "prompt", "status", "part", "pages", "chars", "cl100k_tokens", "exact_input_tokens",
-                  "est_input_tokens", "upper_input_tokens", "granted_max_tokens", "batch", "max_cost_usd"]].copy()
-    for column in ("pages", "exact_input_tokens", "batch"):
-        show[column] = show[column].astype("Int64").astype("string").fillna("-")
-    # A split document's parts and combining steps sit under its row, named by what they cover.
-    is_step = frame["part"] != ""
-    show["source"] = frame["source"].str.slice(0, 48).where(~is_step, "  " + frame["covers"].str.slice(0, 46))
-    show["batch"] = show["batch"].where(~frame["piece"].isin(["merge", "final"]), "after parts")
-    print(show.to_string(index=False, na_rep="-"))
-    notes = frame[~is_step & ((frame["status"] != "ready") | frame["parts"].notna())][["source", "reason"]]
-    if not notes.empty:
-        print("\nNotes:")
-        for _, r in notes.iterrows():
-            print(f"  {r['source']}: {r['reason']}")
-    steps = len(plan.reductions)
-    print(f"\n{len(plan.document_rows)} document row(s), {len(plan.requests)} request(s) in {len(plan.batches)} "
-          f"batch(es)" + (f" and {steps} combining step(s) sent once their parts are done" if steps else "")
-          + f", for {model.id}. Estimated input cost ${plan.est_input_usd:,.2f}; at most ${plan.max_cost_usd:,.2f} "
-          f"if every granted output token is used (batch prices, 50% off). Written to {out}.")
-    return 0
-
-
-@contextlib.contextmanager
-def _counting_client(settings: Any) -> Iterator[Any]:
-    """A client for count_tokens when one can be had: the simulator with --simulate (in memory:
-    plan leaves nothing behind), the API when a key is set; else None (the plan then says
-    which documents await an exact count)."""
-    from longbatch.api import open_api
-
-    if settings.simulate or settings.api_key is not None:
-        with open_api(settings, keep_state=False) as client:
-            yield client
-    else:
-        if settings.exact_count:
-            from longbatch.errors import MissingApiKeyError
-
-            raise MissingApiKeyError()
-        yield None
-
-
-def cmd_collect(args: argparse.Namespace) -> int:
-    _probe(args)
-    from flows.process import collect_batches
-    from longbatch.api import check_api_access
-    from longbatch.settings import Settings
-
-    settings = Settings.given(data_dir=args.data_dir, simulate=args.simulate, inbox=args.inbox)
-    check_api_access(settings)
-    result = collect_batches(data_dir=str(settings.data_dir), simulate=settings.simulate, wait=args.wait,
-                             inbox=str(args.inbox) if args.inbox else None)
-    _print_summary(Path(result["summary_csv"]), settings.data_dir)
-    return 0
-
-
-def cmd_status(args: argparse.Namespace) -> int:
-    from longbatch.ledger import Ledger
-    from longbatch.records import PENDING_BATCH_STATES, RequestState, StepState
-    from longbatch.settings import Settings
-
-    settings = Settings.given(data_dir=args.data_dir)
-    ledger = Ledger.existing(settings)
-    if ledger is None:
-        print(f"No ledger in {settings.data_dir}: nothing has been submitted from there yet.")
-        return 0
-    pending = ledger.batches_in_state(*PENDING_BATCH_STATES)
-    now = time.time()
-    if not pending:
-        print("No pending batches.")
-    for b in pending:
-        age = now - (b.created_at or b.intent_at)
-        print(f"{b.api_id or b.id}  {b.state:<9}  {b.request_count:>6} request(s)  age {_age(age)}")
-    states: dict[str, int] = {}
-    for state in RequestState:
-        n = len(ledger.requests_in_state(state))
-        if n:
-            states[state] = n
-    print("Requests: " + (", ".join(f"{v} {k}" for k, v in states.items()) or "none"))
-    steps = {state: len(ledger.reductions_in_state(state)) for state in StepState}
-    if any(steps.values()):
-        print("Steps combining part reports: " + ", ".join(f"{v} {k}" for k, v in steps.items() if v)
-              + " (waiting = some parts not done yet)")
-    ledger.close()
-    return 0
-
-
-def cmd_usage(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from dataclasses import asdict
-
-    from longbatch.ledger import Ledger
-    from longbatch.settings import Settings
-
-    ledger = Ledger.existing(Settings.given(data_dir=args.data_dir))
-    if ledger is None:
-        print(f"No ledger in {args.data_dir or 'the data directory'}: nothing spent.")
-        return 0
-    frame = pd.DataFrame([{**asdict(u.result), "model": u.model, "source": u.source, "prompt": u.prompt}
-                          for u in ledger.usage_rows()])
-    ledger.close()
-    if frame.empty:
-        print("No results yet: nothing spent.")
-        return 0
-    billed = frame[frame["result_type"] == "succeeded"]
-    table = billed.groupby("model")[["input_tokens", "output_tokens", "cost_usd"]].sum()
-    table["requests"] = billed.groupby("model").size()
-    print(table.to_string(float_format=lambda v: f"{v:,.4f}"))
-    print(f"\nTotal: ${billed['cost_usd'].sum():,.4f} for {len(billed)} succeeded request(s); "
-          f"{len(frame) - len(billed)} unbilled (errored, canceled or expired).")
-    return 0
-
-
-def cmd_simulator(args: argparse.Namespace) -> int:
-    from simulator.engine import SimConfig
-    from simulator.server import SimulatorServer
-
-    given = {k: v for k, v in vars(args).items()
-             if v is not None and k in SimConfig.model_fields}
-    server = SimulatorServer(SimConfig(**given), host=args.host, port=args.port)
-    print(f"longbatch simulator on {server.url} — set ANTHROPIC_BASE_URL={server.url} and any "
-          "ANTHROPIC_API_KEY. Ctrl-C stops it.", flush=True)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    return 0
-
-
-def _age(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f}s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
-def _print_summary(path: Path, data_dir: Path) -> None:
-    import pandas as pd
-
-    frame = pd.read_csv(path)
-    if frame.empty:
-        print("The inbox is empty: nothing to do.")
-        return
-    show = frame[["source", "prompt", "status", "output_tokens", "cost_usd", "reason"]].copy()
-    show["output_tokens"] = show["output_tokens"].astype("Int64")
-    show["source"] = show["source"].str.slice(0, 48)
-    show["reason"] = show["reason"].fillna("").str.slice(0, 70)
-    print(show.to_string(index=False, na_rep="-"))
-    counts = frame["status"].value_counts()
-    print("\n" + ", ".join(f"{v} {k}" for k, v in counts.items()) + f". Reports in {data_dir / 'reports'}; "
-          f"table in {path}.")
-
-
-COMMANDS = {"run": cmd_run, "plan": cmd_plan, "collect": cmd_collect, "status": cmd_status,
-            "usage": cmd_usage, "simulator": cmd_simulator}
 
 
 if __name__ == "__main__":

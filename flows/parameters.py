@@ -45,6 +45,7 @@ class RunParameters(BaseModel):
     exact_count: bool | None = _described("exact_count")
     betas: list[str] | None = _described("betas")
     pdf_mode: Literal["text", "native"] | None = _described("pdf_mode")
+    follow_links: bool | None = _described("follow_links")
 
     def settings(self) -> Settings:
         return Settings.given(**self.model_dump())

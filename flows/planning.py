@@ -20,7 +20,8 @@ def build_plan(settings: Settings, client: anthropic.Anthropic | None = None) ->
     no work)."""
     prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = settings.inbox_dir
-    items = list(read_documents(discover(inbox), inbox, settings.pdf_mode == "native", settings.data_dir / "cache"))
+    items = list(read_documents(discover(inbox, settings.follow_links), inbox, settings.pdf_mode == "native",
+                                settings.data_dir / "cache", follow_links=settings.follow_links))
     model = get_model(settings.model) if client is None else model_from_api(client, settings.model)
     plan = plan_for(items, prompts, model, settings)
     if client is not None and (settings.exact_count or any(r.needs_exact for r in plan.rows)):

@@ -57,9 +57,9 @@ INGEST_CHUNK = 200
 
 
 @task(name="ingest-documents", task_run_name="ingest-{label}", cache_policy=NO_CACHE)
-def ingest_task(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir: Path,
+def ingest_task(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir: Path, follow_links: bool,
                 label: str) -> list[Document | IngestFailure]:
-    items = list(read_documents(paths, inbox, native_pdf, cache_dir))
+    items = list(read_documents(paths, inbox, native_pdf, cache_dir, follow_links=follow_links))
     for item in items:
         if isinstance(item, IngestFailure):
             get_run_logger().warning("%s: %s (%s)", item.source, item.reason, item.category)
@@ -74,7 +74,8 @@ def ingest(paths: list[Path], settings: Settings) -> list[Document | IngestFailu
     for i in range(0, len(paths), INGEST_CHUNK):
         chunk = paths[i: i + INGEST_CHUNK]
         label = chunk[0].name if len(chunk) == 1 else f"{chunk[0].name}-and-{len(chunk) - 1}-more"
-        items += ingest_task(chunk, settings.inbox_dir, native, settings.data_dir / "cache", label)
+        items += ingest_task(chunk, settings.inbox_dir, native, settings.data_dir / "cache", settings.follow_links,
+                             label)
     return items
 
 
@@ -222,7 +223,7 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
         logger.warning(warning)
     prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = settings.inbox_dir
-    paths = discover(inbox)
+    paths = discover(inbox, settings.follow_links)
     logger.info("inbox %s: %d file(s); model %s; prompts %s", inbox, len(paths), model.id,
                 ", ".join(p.name for p in prompts))
 

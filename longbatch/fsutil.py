@@ -7,6 +7,7 @@ import re
 import tempfile
 import unicodedata
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
@@ -39,3 +40,19 @@ def slugify(name: str, max_len: int = 40) -> str:
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
     slug = _NOT_SAFE.sub("-", ascii_name.lower()).strip("-")[:max_len].strip("-")
     return slug or "doc"
+
+
+def csv_text(frame: Any) -> str:
+    """A pandas frame as CSV that every reader splits into the same rows. pandas (through
+    Python's csv writer) quotes a field holding "\\n" but not one holding a bare "\\r", which
+    most readers take as a line end: such line breaks are written as "\\n"."""
+    def one_kind(value: Any) -> Any:
+        return value.replace("\r\n", "\n").replace("\r", "\n") if isinstance(value, str) else value
+
+    import pandas as pd
+
+    clean = frame.copy()
+    for column in clean.columns:  # text columns are `object` or, in pandas 3, `str`
+        if not pd.api.types.is_numeric_dtype(clean[column]):
+            clean[column] = clean[column].map(one_kind)
+    return clean.to_csv(index=False)

@@ -176,10 +176,10 @@ class Ledger:
         except sa.exc.IntegrityError:
             return False
 
-    def is_empty(self) -> bool:
-        """No request was ever recorded here."""
+    def request_count(self) -> int:
+        """How many distinct requests were ever recorded here."""
         with self.tx() as conn:
-            return conn.execute(sa.select(requests.c.fingerprint).limit(1)).first() is None
+            return int(conn.execute(sa.select(sa.func.count()).select_from(requests)).scalar_one())
 
     def record_recovered(self, req: NewRequest, result: ResultRecord) -> bool:
         """A request known only from its report (the ledger was lost): recorded as succeeded with

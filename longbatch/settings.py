@@ -48,6 +48,7 @@ class Settings(BaseSettings):
                                          "(the collector finishes).")
     max_attempts: int = Field(3, ge=1, le=10, description="Tries per request for expired, canceled and "
                                                           "transiently failed requests.")
+    follow_links: bool = Field(False, description="Read what links in the inbox point to, even outside it.")
 
     # Where things are.
     database_url: str | None = Field(
@@ -74,11 +75,11 @@ class Settings(BaseSettings):
     count_tokens_per_minute: float = Field(50.0, ge=0)
 
     @model_validator(mode="after")
-    def _output_bounds_agree(self) -> Settings:
-        # Only a minimum someone set is held against the maximum: the default one gives way.
-        if ("min_output_tokens" in self.model_fields_set and self.max_output_tokens is not None
-                and self.min_output_tokens > self.max_output_tokens):
-            raise ValueError(f"min_output_tokens ({self.min_output_tokens:,}) is above max_output_tokens "
+    def _min_within_max(self) -> Settings:
+        # Only a minimum the user gave: the default one yields to a smaller maximum (see check_fit).
+        given = "min_output_tokens" in self.model_fields_set
+        if given and self.max_output_tokens is not None and self.min_output_tokens > self.max_output_tokens:
+            raise ValueError(f"--min-output-tokens ({self.min_output_tokens:,}) is above --max-output-tokens "
                              f"({self.max_output_tokens:,}): no document could fit")
         return self
 

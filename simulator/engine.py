@@ -467,7 +467,8 @@ class Simulator:
             body, stop = "I can't help with writing this report.", "refusal"
         else:
             cap = min(max_tokens, room)
-            body, _, cut = outline.generate(text, min(target, cap), spec.tokenizer)
+            # Within the limits the simulated model ends its outline on its own (end_turn).
+            body, _, cut = outline.generate(text, min(target, cap), spec.tokenizer, finish=target <= cap)
             if cut and target > cap:
                 stop = "max_tokens" if max_tokens <= room else "model_context_window_exceeded"
             else:

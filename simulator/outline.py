@@ -37,6 +37,14 @@ def document_text(user_text: str) -> str:
     return m.group(1) if m.group(1) is not None else m.group(2)
 
 
+_NAME = re.compile(r'<document name="([^"]*)"|<part_reports document="([^"]*)"')
+
+
+def document_name(user_text: str) -> str:
+    m = _NAME.search(user_text)
+    return (m.group(1) or m.group(2)) if m and (m.group(1) or m.group(2)) else "the document"
+
+
 _PART_REPORT = re.compile(r'<part_report index="(\d+)" covers="([^"]*)">\n?(.*?)</part_report>', re.S)
 
 
@@ -55,8 +63,11 @@ def _sections(text: str) -> list[tuple[str, str]]:
     return [(f"Part {i // size + 1}", text[i: i + size]) for i in range(0, len(text), size)] or [("Part 1", "")]
 
 
-def _lines(text: str) -> Iterator[str]:
-    yield "# Report on the document"
+END = "## End of outline"
+
+
+def _lines(text: str, name: str) -> Iterator[str]:
+    yield f"# Report on {name}"
     yield ""
     yield LABEL
     yield ""
@@ -79,19 +90,29 @@ def _lines(text: str) -> Iterator[str]:
         if not wrote:
             break
     yield ""
-    yield "## End of outline"
+    yield END
 
 
-def generate(user_text: str, target_tokens: int, tokenizer: str) -> tuple[str, int, bool]:
+def generate(user_text: str, target_tokens: int, tokenizer: str, finish: bool = False) -> tuple[str, int, bool]:
     """(text, output tokens, reached_target). The text is cut once `target_tokens` is reached,
-    mid-line if need be, as a real model stops at max_tokens. Base counts add up over lines and
-    words, so the budget is kept in base tokens and scaled by the family factor once."""
+    mid-line if need be, as a real model stops at max_tokens; with `finish` (the model, not a
+    limit, decides the length: stop reason end_turn) it ends on a whole line and closes the
+    outline instead. Base counts add up over lines and words, so the budget is kept in base
+    tokens and scaled by the family factor once."""
     budget = math.floor(target_tokens / family_factor(tokenizer))
+    closing = count_text("\n" + END + "\n") if finish else 0
     out: list[str] = []
     used = 0
     reached = False
-    for line in _lines(document_text(user_text)):
+    text = document_text(user_text)
+    for line in _lines(text, document_name(user_text)):
         cost = count_text(line + "\n")
+        if finish and line != END and used + cost + closing > budget:
+            while out and (out[-1].startswith("## ") or not out[-1].strip()):
+                out.pop()  # no heading left without its list
+            out.append("\n" + END + "\n")
+            reached = True
+            break
         if used + cost > budget:
             partial: list[str] = []
             for word in line.split(" "):

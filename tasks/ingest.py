@@ -10,6 +10,8 @@ import codecs
 import hashlib
 import logging
 import re
+import os
+import stat
 import unicodedata
 import warnings
 from collections import Counter
@@ -64,7 +66,9 @@ class IngestFailure:
     source: str
     sha256: str
     size_bytes: int
-    category: str  # encrypted | corrupt | unsupported | no_text | empty | encoding | too_large | duplicate
+    # encrypted | corrupt | unsupported | no_text | empty | encoding | too_large | unreadable |
+    # not_a_regular_file | link_outside_inbox | link_to_folder | broken_link
+    category: str
     reason: str
 
 
@@ -75,19 +79,77 @@ class _Unreadable(Exception):
         self.reason = reason
 
 
-def discover(inbox: Path) -> list[Path]:
-    """Every visible file below the inbox, in a stable order. Unsupported types are kept so
-    that they end with a recorded reason rather than silently vanishing."""
+def discover(inbox: Path, follow_links: bool = False) -> list[Path]:
+    """Every visible entry below the inbox, in a stable order. Unsupported types, FIFOs,
+    sockets, broken links and links to folders are kept so that they end with a recorded
+    reason (`entry_problem`) rather than silently vanishing. Folders reached through a link are
+    walked only with `follow_links`, each real folder once (a link back up is not a loop)."""
     if not inbox.is_dir():
         return []
     found = []
-    for path in sorted(inbox.rglob("*")):
-        rel = path.relative_to(inbox)
-        if any(part.startswith(".") for part in rel.parts):
-            continue
-        if path.is_file():
-            found.append(path)
-    return found
+    walked = {os.path.realpath(inbox)}
+    for top, dirs, files in os.walk(inbox, followlinks=follow_links):
+        kept = []
+        for name in sorted(dirs):
+            path = os.path.join(top, name)
+            if name.startswith("."):
+                continue
+            if os.path.islink(path):
+                real = os.path.realpath(path)
+                if not follow_links or real in walked:
+                    found.append(Path(path))  # a row saying why it was not read
+                    continue
+                walked.add(real)
+            kept.append(name)
+        dirs[:] = kept
+        found += [Path(top, name) for name in files if not name.startswith(".")]
+    return sorted(found)
+
+
+def display_name(rel: str) -> str:
+    """A path as shown and sent: valid UTF-8 on one line. Bytes that are not UTF-8 become
+    `\\xff`, control characters `\\r`, `\\n`, `\\t` or `\\x1b` (a name may hold any of them)."""
+    text = os.fsencode(rel).decode("utf-8", "backslashreplace")
+    return "".join(_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+                   if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in text)
+
+
+_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def find_source(inbox: Path, source: str) -> Path:
+    """The inbox entry a `Document.source` names (names that needed escaping are looked up)."""
+    direct = inbox / source
+    if os.path.lexists(direct):
+        return direct
+    return next((p for p in discover(inbox) if display_name(p.relative_to(inbox).as_posix()) == source), direct)
+
+
+def entry_problem(path: Path, inbox: Path, follow_links: bool = False) -> tuple[str, str] | None:
+    """Why an inbox entry is not read as a document, as (category, reason); None for a regular
+    file inside the inbox. Only what is in the inbox is read: a link that leads out of it is
+    refused unless `follow_links`. Nothing is opened here, so a FIFO cannot block the run."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        if os.path.islink(path):
+            return "broken_link", f"a link to {display_name(os.readlink(path))}, which does not exist"
+        return None  # gone or unreadable: read_document says so
+    real = os.path.realpath(path)
+    inside = Path(real).is_relative_to(os.path.realpath(inbox))
+    if not inside and not follow_links:
+        kind = "folder" if stat.S_ISDIR(st.st_mode) else "file"
+        return ("link_outside_inbox", f"a link to a {kind} outside the inbox ({display_name(real)}); not followed: "
+                "put the document itself in the inbox, or pass --follow-links to read what links point to")
+    if stat.S_ISDIR(st.st_mode):
+        return ("link_to_folder", "a link to a folder already read (or to one of its parents); not followed again"
+                if follow_links else "a link to a folder; not followed: pass --follow-links to read folders "
+                "that links point to")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a special file")
+        return "not_a_regular_file", f"{kind}, not a regular file; not read"
+    return None
 
 
 def make_doc_id(rel: str, sha256: str) -> str:
@@ -103,12 +165,16 @@ def kind_of(path: Path) -> str | None:
     return "text" if suffix in TEXT_SUFFIXES else None
 
 
-def read_document(path: Path, inbox: Path, native_pdf: bool = False,
-                  cache_dir: Path | None = None) -> Document | IngestFailure:
+def read_document(path: Path, inbox: Path, native_pdf: bool = False, cache_dir: Path | None = None,
+                  follow_links: bool = False) -> Document | IngestFailure:
     """`native_pdf`: the PDF itself will be sent (native mode), so a scan without a text layer
     is readable: the model sees the page images. `cache_dir`: what was read is kept there by
-    content hash (tasks/ingest_cache.py), and an unchanged file is not read again."""
-    rel = path.relative_to(inbox).as_posix()
+    content hash (tasks/ingest_cache.py), and an unchanged file is not read again.
+    `follow_links`: see `entry_problem`."""
+    rel = display_name(path.relative_to(inbox).as_posix())
+    problem = entry_problem(path, inbox, follow_links)
+    if problem:
+        return IngestFailure(make_doc_id(rel, "0" * 64), rel, "", 0, *problem)
     try:
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
@@ -155,7 +221,7 @@ def read_cached(path: Path, inbox: Path, sha256: str, native_pdf: bool,
     found = IngestCache(cache_dir).get(sha256, kind, _mode(kind, native_pdf))
     if found is None:
         return None
-    rel = path.relative_to(inbox).as_posix()
+    rel = display_name(path.relative_to(inbox).as_posix())
     try:
         size = path.stat().st_size
     except OSError as exc:

@@ -24,7 +24,8 @@ import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tasks.ingest import Document, IngestFailure, cached_sha256, kind_of, make_doc_id, read_cached, read_document
+from tasks.ingest import (Document, IngestFailure, cached_sha256, display_name, entry_problem, kind_of, make_doc_id,
+                          read_cached, read_document)
 from tasks.ingest_cache import IngestCache
 
 # Below this much to read (files not in the cache), reading in this process is faster.
@@ -46,18 +47,21 @@ def default_workers() -> int:
 
 
 def read_documents(paths: Iterable[Path], inbox: Path, native_pdf: bool = False, cache_dir: Path | None = None,
-                   workers: int | None = None) -> Iterator[Document | IngestFailure]:
+                   workers: int | None = None, follow_links: bool = False) -> Iterator[Document | IngestFailure]:
     """`read_document` for every path, in order, on up to `workers` processes (default: one per
     core). With `cache_dir` (the data dir's `cache/`), an unchanged file is not read again."""
     paths = list(paths)
     workers = workers or default_workers()
     # Hashing first (only hashes are kept): cached documents are loaded when their turn comes.
-    hashes = [cached_sha256(path, native_pdf, cache_dir) for path in paths]
+    # An entry that is not read at all (a FIFO, a link out of the inbox) is not hashed either.
+    hashes = [None if entry_problem(path, inbox, follow_links) else cached_sha256(path, native_pdf, cache_dir)
+              for path in paths]
     to_read = [path for path, sha in zip(paths, hashes, strict=True) if sha is None]
     pooled = (workers > 1 and len(to_read) >= POOL_MIN_FILES
-              and _bytes(p for p in to_read if kind_of(p)) >= POOL_MIN_BYTES)
-    results = _read_in_workers(to_read, inbox, native_pdf, cache_dir, workers) if pooled \
-        else (read_document(path, inbox, native_pdf, cache_dir) for path in to_read)
+              and _bytes(p for p in to_read if kind_of(p) and not entry_problem(p, inbox, follow_links))
+              >= POOL_MIN_BYTES)
+    results = _read_in_workers(to_read, inbox, native_pdf, cache_dir, workers, follow_links) if pooled \
+        else (read_document(path, inbox, native_pdf, cache_dir, follow_links) for path in to_read)
     try:
         for path, sha in zip(paths, hashes, strict=True):
             if sha is None:
@@ -118,8 +122,8 @@ class _Worker:
 
 
 def _read_in_workers(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir: Path | None,
-                     workers: int) -> Iterator[Document | IngestFailure]:
-    args = (inbox, native_pdf, cache_dir)
+                     workers: int, follow_links: bool = False) -> Iterator[Document | IngestFailure]:
+    args = (inbox, native_pdf, cache_dir, follow_links)
     ahead = AHEAD_PER_WORKER * workers
     done: dict[int, Document | IngestFailure] = {}
     sent = yielded = 0
@@ -158,7 +162,7 @@ def _read_in_workers(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir
 
 
 def _died(path: Path, inbox: Path, proc: subprocess.Popen) -> IngestFailure:
-    rel = path.relative_to(inbox).as_posix()
+    rel = display_name(path.relative_to(inbox).as_posix())
     try:
         code = proc.wait(timeout=10)
     except subprocess.TimeoutExpired:

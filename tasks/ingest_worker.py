@@ -17,16 +17,17 @@ import sys
 from pathlib import Path
 
 from longbatch.failpoints import failpoint
-from tasks.ingest import Document, IngestFailure, make_doc_id, read_document
+from tasks.ingest import Document, IngestFailure, display_name, make_doc_id, read_document
 
 log = logging.getLogger(__name__)
 
 
-def read_one(path: Path, inbox: Path, native_pdf: bool, cache_dir: Path | None) -> Document | IngestFailure:
-    rel = path.relative_to(inbox).as_posix()
+def read_one(path: Path, inbox: Path, native_pdf: bool, cache_dir: Path | None,
+             follow_links: bool = False) -> Document | IngestFailure:
+    rel = display_name(path.relative_to(inbox).as_posix())
     failpoint(f"reading:{rel}")  # tests: this worker dies here, as if PDFium had crashed
     try:
-        return read_document(path, inbox, native_pdf, cache_dir)
+        return read_document(path, inbox, native_pdf, cache_dir, follow_links)
     except Exception as exc:  # noqa: BLE001 - a bug on one file must not end the others' worker
         log.exception("reading %s failed", rel)
         return IngestFailure(make_doc_id(rel, "0" * 64), rel, "", 0, "unreadable",
@@ -47,10 +48,10 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the replies
     while True:
         try:
-            path, inbox, native_pdf, cache_dir = pickle.load(requests)
+            path, inbox, native_pdf, cache_dir, follow_links = pickle.load(requests)
         except EOFError:
             return
-        pickle.dump(read_one(path, inbox, native_pdf, cache_dir), replies, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(read_one(path, inbox, native_pdf, cache_dir, follow_links), replies, protocol=pickle.HIGHEST_PROTOCOL)
         replies.flush()
 
 

@@ -47,7 +47,7 @@ class Plan:
 
     @property
     def est_input_usd(self) -> float:
-        return sum(r.est_input_usd for r in self.document_rows)
+        return sum(r.est_input_usd for r in self.document_rows if r.status == READY)  # only what is sent
 
     @property
     def max_cost_usd(self) -> float:

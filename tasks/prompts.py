@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from string import Template
 
 from longbatch.errors import PromptError
 from longbatch.fsutil import slugify
@@ -60,7 +61,17 @@ def load_prompts(specs: list[str], data_dir: Path) -> list[Prompt]:
     return list(prompts.values())
 
 
+PLACEHOLDERS = ("document_name", "pages", "max_output_tokens")
+
+
 def _make(name: str, template: str) -> Prompt:
     if not template.strip():
         raise PromptError(f"Prompt {name!r} is empty.")
+    # A misspelt placeholder would reach the model as literal text: refuse it. (`$5` and `$$`
+    # are not placeholders: a price and a literal dollar sign pass as they are.)
+    unknown = sorted(set(Template(template).get_identifiers()) - set(PLACEHOLDERS))
+    if unknown:
+        raise PromptError(
+            f"Prompt {name!r} uses unknown placeholder(s) {', '.join('$' + u for u in unknown)}; a template may use "
+            f"{', '.join('$' + p for p in PLACEHOLDERS)} (write $$ for a literal dollar sign).")
     return Prompt(slugify(name, 16), template, hashlib.sha256(template.encode()).hexdigest())

@@ -13,7 +13,7 @@ from longbatch.ledger import Ledger
 from longbatch.piece import PieceKind
 from longbatch.records import NOT_REBUILDABLE, RequestRecord, RequestState
 from tasks.build import PlannedRequest, build_native_request, build_request
-from tasks.ingest import IngestFailure, read_document
+from tasks.ingest import IngestFailure, find_source, read_document
 from tasks.prompts import load_prompt
 from tasks.reduce import build_reduce_request
 from tasks.split import Part
@@ -57,7 +57,7 @@ def rebuild_step_request(ledger: Ledger, record: RequestRecord, data_dir: Path) 
 
 def rebuild_request(record: RequestRecord, inbox: Path, data_dir: Path) -> PlannedRequest:
     """A whole document's or a part's request, from the document and prompt it was made from."""
-    path = inbox / record.source
+    path = find_source(inbox, record.source)  # a name with escaped bytes is looked up
     if not path.is_file():
         raise NotRebuildable(f"{record.source} is no longer in the inbox ({inbox})")
     piece = record.piece

@@ -23,7 +23,7 @@ def recover_from_reports(ledger: Ledger, data_dir: Path) -> int:
     """Record the requests behind the reports in `data_dir/reports` in an empty ledger; returns
     how many. A JSON file that is not a report's (or is damaged) is passed over."""
     reports = data_dir / "reports"
-    if not reports.is_dir() or not ledger.is_empty():
+    if not reports.is_dir() or ledger.request_count():
         return 0
     recovered = 0
     for path in sorted(reports.rglob("*.json")):

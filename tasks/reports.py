@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 
 from longbatch.catalog import batch_cost_usd, get_model
-from longbatch.fsutil import atomic_write_text, slugify
+from longbatch.fsutil import atomic_write_text, csv_text, slugify
 from longbatch.ledger import Ledger
 from longbatch.piece import Piece, PieceKind, StepLinks, stored_meta
 from longbatch.records import PlanRecord, RequestRecord, RequestState, StepState
@@ -213,5 +213,5 @@ def write_summary(ledger: Ledger, data_dir: Path) -> Path:
     frame = pd.DataFrame(summary_rows(ledger, data_dir), columns=SUMMARY_COLUMNS)
     for column in INT_COLUMNS:
         frame[column] = frame[column].astype("Int64")  # blanks stay blank, numbers stay whole
-    atomic_write_text(path, frame.to_csv(index=False))
+    atomic_write_text(path, csv_text(frame))  # one row per line, whatever the text holds
     return path

@@ -1,0 +1,64 @@
+"""Prefect's temporary server for one CLI run, which must not outlive the run.
+
+With no PREFECT_API_URL, Prefect starts a temporary ("ephemeral") API server in a subprocess
+and stops it at exit. A run killed by SIGKILL or the OOM killer never gets to stop it: the
+server lives on, reparented to init, one more per crash. So the CLI starts that server itself,
+the way Prefect does, but through `longbatch.orphan_guard`, which asks the kernel to send the
+server SIGKILL when its parent dies (Linux's parent-death signal).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def temporary_prefect_server() -> Iterator[str | None]:
+    """Point Prefect at a temporary server that dies with this process, unless a server is
+    configured (PREFECT_API_URL). Yields the server's API URL, or None when none was started."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if PREFECT_API_URL.value():
+        yield None
+        return
+    server = _server_dying_with_parent()
+    server.start()  # from this thread, which lives as long as the process: the signal follows it
+    try:
+        with temporary_settings({PREFECT_API_URL: server.api_url}):
+            yield server.api_url
+    finally:
+        server.stop()
+
+
+def _server_dying_with_parent() -> Any:
+    import prefect.server.api.server as prefect_server
+
+    class ServerDyingWithParent(prefect_server.SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
+            # Prefect's own command and environment, launched through the guard: swap the
+            # `subprocess` that Prefect's module sees for the length of this call only.
+            real = prefect_server.subprocess
+            prefect_server.subprocess = _GuardedSubprocess()  # type: ignore[assignment]
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                prefect_server.subprocess = real
+
+    return ServerDyingWithParent()
+
+
+class _GuardedSubprocess:
+    """`subprocess`, except that Popen runs its command under `longbatch.orphan_guard`."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(subprocess, name)
+
+    @staticmethod
+    def Popen(args: list[str], **kwargs: Any) -> subprocess.Popen[Any]:  # noqa: N802 - mirrors subprocess
+        guard = [sys.executable, "-m", "longbatch.orphan_guard", str(os.getpid())]
+        return subprocess.Popen([*guard, *args], **kwargs)
