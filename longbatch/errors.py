@@ -8,6 +8,7 @@
         ├── NotRebuildable      queued work whose request cannot be rebuilt identically
         ├── StepFailed          a combining step whose part failed for good
         ├── PdfChangedError     native mode reads the PDF again: it must be the one ingested
+        ├── Unreadable          a file that cannot be read as a document (ingest records it)
         └── RequestTooLargeError  one request over a batch's byte limit
 
     NotReady                    not an error: a combining step whose parts are still pending
@@ -73,6 +74,16 @@ class PdfChangedError(DocumentRefusal):
 
 class RequestTooLargeError(DocumentRefusal):
     """A single request over the batch byte limit."""
+
+
+class Unreadable(DocumentRefusal):
+    """A file that cannot be read as a document: its category (encrypted, corrupt, empty, ...)
+    and a reason the user can act on."""
+
+    def __init__(self, category: str, reason: str) -> None:
+        super().__init__(reason)
+        self.category = category
+        self.reason = reason
 
 
 class NotReady(Exception):

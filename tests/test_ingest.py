@@ -61,7 +61,7 @@ def test_garbled_pdf_text_is_kept_and_flagged(corpus):
 
 
 def test_real_cjk_pdf_is_not_flagged_garbled(corpus):
-    from tasks.ingest import _looks_garbled
+    from tasks.extract import _looks_garbled
 
     doc = read_document(corpus / "text/udhr_article1_multilingual.txt", corpus)
     japanese = "すべての人間は、生まれながらにして自由であり、かつ、尊厳と権利とについて平等である。" * 3
