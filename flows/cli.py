@@ -45,6 +45,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path,
                    help="data directory holding inbox/, reports/, results/ and the ledger (default: "
                         "LONGBATCH_DATA_DIR, else ./data)")
+    p.add_argument("--project", help="on a shared ledger (LONGBATCH_DATABASE_URL), the project this work belongs "
+                                     "to; runs of one project share it (default: LONGBATCH_PROJECT, else the data "
+                                     "directory's resolved path)")
 
 
 def _planning(p: argparse.ArgumentParser) -> None:
@@ -178,7 +181,8 @@ def _planning_values(args: argparse.Namespace) -> dict[str, Any]:
     and the defaults in longbatch/settings.py."""
     return {"data_dir": args.data_dir, "inbox": args.inbox, "model": args.model, "prompts": args.prompts,
             "max_output_tokens": args.max_output_tokens, "min_output_tokens": args.min_output_tokens,
-            "betas": args.betas, "pdf_mode": args.pdf_mode, "exact_count": args.exact_count}
+            "betas": args.betas, "pdf_mode": args.pdf_mode, "exact_count": args.exact_count,
+            "project": args.project}
 
 
 def _preflight(settings: Any) -> None:
@@ -285,10 +289,10 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from longbatch.api import check_api_access
     from longbatch.settings import Settings
 
-    settings = Settings.given(data_dir=args.data_dir, simulate=args.simulate, inbox=args.inbox)
+    settings = Settings.given(data_dir=args.data_dir, simulate=args.simulate, inbox=args.inbox, project=args.project)
     check_api_access(settings)
     result = collect_batches(data_dir=str(settings.data_dir), simulate=settings.simulate, wait=args.wait,
-                             inbox=str(args.inbox) if args.inbox else None)
+                             inbox=str(args.inbox) if args.inbox else None, project=args.project)
     _print_summary(Path(result["summary_csv"]), settings.data_dir)
     return 0
 
@@ -298,7 +302,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from longbatch.records import PENDING_BATCH_STATES, RequestState, StepState
     from longbatch.settings import Settings
 
-    settings = Settings.given(data_dir=args.data_dir)
+    settings = Settings.given(data_dir=args.data_dir, project=args.project)
     ledger = Ledger.existing(settings)
     if ledger is None:
         print(f"No ledger in {settings.data_dir}: nothing has been submitted from there yet.")
@@ -332,7 +336,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from longbatch.ledger import Ledger
     from longbatch.settings import Settings
 
-    ledger = Ledger.existing(Settings.given(data_dir=args.data_dir))
+    ledger = Ledger.existing(Settings.given(data_dir=args.data_dir, project=args.project))
     if ledger is None:
         print(f"No ledger in {args.data_dir or 'the data directory'}: nothing spent.")
         return 0

@@ -235,6 +235,7 @@ def collect_batches(
     wait: bool = False,
     max_attempts: Annotated[int | None, Field(ge=1, le=10)] = None,
     inbox: str | None = None,
+    project: str | None = None,
 ) -> dict[str, Any]:
     """Look at every pending batch, assemble what ended, resubmit what may be retried (rebuilt
     from the inbox), and with `wait` go on until nothing is pending.
@@ -245,8 +246,11 @@ def collect_batches(
         wait: Wait until every pending batch has ended.
         max_attempts: Tries per request before giving up on it. Empty: LONGBATCH_MAX_ATTEMPTS if set, else 3.
         inbox: Where the documents are, to rebuild retried requests. Empty: the data directory's inbox/.
+        project: On a shared ledger, the project whose work to collect. Empty: LONGBATCH_PROJECT if set, else
+            the data directory's resolved path.
     """
-    settings = Settings.given(data_dir=data_dir, simulate=simulate, max_attempts=max_attempts, inbox=inbox)
+    settings = Settings.given(data_dir=data_dir, simulate=simulate, max_attempts=max_attempts, inbox=inbox,
+                              project=project)
     check_api_access(settings)
     ledger = Ledger.open(settings)
     try:
