@@ -100,6 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget-usd", type=float, help="refuse to submit if the run could cost more than this")
     run.add_argument("--max-attempts", type=int,
                      help="tries per request for expired, canceled or transient errors (default: 3)")
+    run.add_argument("--dask-address", metavar="tcp://HOST:PORT",
+                     help="read and count the documents on this Dask scheduler's workers (pip install "
+                          "'longbatch[dask]'; they must see the inbox at the same path; default: "
+                          "LONGBATCH_DASK_ADDRESS, else this machine)")
 
     plan = sub.add_parser("plan", help="everything up to submission, nothing sent: sizes, tokens, fit, cost",
                           description="Show, per document and prompt, its size, estimated tokens, whether it "
@@ -210,7 +214,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in _planning_values(args).items()}
     params = RunParameters(**values, wait=False if args.no_wait else None, simulate=args.simulate,
-                           budget_usd=args.budget_usd, max_attempts=args.max_attempts)
+                           budget_usd=args.budget_usd, max_attempts=args.max_attempts, dask_address=args.dask_address)
     settings = params.settings()
     _preflight(settings)
     from flows.process import process_documents

@@ -37,6 +37,7 @@ class RunParameters(BaseModel):
     betas: list[str] | None = _described("betas")
     pdf_mode: Literal["text", "native"] | None = _described("pdf_mode")
     project: str | None = _described("project")
+    dask_address: str | None = _described("dask_address")
 
     def settings(self) -> Settings:
         return Settings.given(**self.model_dump())

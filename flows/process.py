@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
+from flows.dask import on_dask
 from flows.parameters import RunParameters
 from longbatch.api import check_api_access, model_from_api, open_api
 from longbatch.catalog import ModelSpec, get_model, normalize_betas
@@ -53,6 +54,12 @@ def ingest_document(path: Path, inbox: Path, native_pdf: bool = False) -> Docume
     if isinstance(item, IngestFailure):
         get_run_logger().warning("%s: %s (%s)", item.source, item.reason, item.category)
     return item
+
+
+@flow(name="ingest-documents")
+def ingest_documents(paths: list[Path], inbox: Path, native_pdf: bool = False) -> list[Document | IngestFailure]:
+    """Read and count every document on this flow's task runner (a Dask cluster: flows/dask.py)."""
+    return ingest_document.map(paths, inbox=inbox, native_pdf=native_pdf).result()
 
 
 @task(name="make-plan", cache_policy=NO_CACHE)
@@ -200,7 +207,11 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
                 ", ".join(p.name for p in prompts))
 
     native = settings.pdf_mode == "native"
-    items = ingest_document.map(paths, inbox=inbox, native_pdf=native).result() if paths else []
+    if settings.dask_address and paths:  # on the cluster's workers: absolute paths, not symlinks resolved
+        items = on_dask(ingest_documents, settings.dask_address)([p.absolute() for p in paths], inbox.absolute(),
+                                                                  native)
+    else:
+        items = ingest_document.map(paths, inbox=inbox, native_pdf=native).result() if paths else []
     for warning in normalize_betas(settings.betas)[1]:
         logger.warning(warning)
     plan = plan_task(items, prompts, model, settings)

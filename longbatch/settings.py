@@ -57,6 +57,10 @@ class Settings(BaseSettings):
         None, description="On a shared ledger (database_url), the project this data directory's work belongs to: "
                           "runs of one project share their work, other projects never see it. Default: the data "
                           "directory's resolved path. Name one when several machines share a data directory.")
+    dask_address: str | None = Field(
+        None, description="A Dask scheduler (tcp://host:8786) to read and count the documents on, through "
+                          "prefect-dask (the [dask] extra); its workers must see the inbox at the same path. "
+                          "Default: read on this machine.")
     api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "LONGBATCH_API_KEY")
     )
