@@ -350,6 +350,14 @@ class Ledger:
             ).values(state=BatchState.UNKNOWN, error="the process stopped during create")).rowcount
 
     def record_created(self, batch_id: str, api_id: str, created_at: float, adopted: bool = False) -> None:
+        try:
+            self._record_created(batch_id, api_id, created_at, adopted)
+        except sa.exc.IntegrityError:
+            # Another process recorded the same batch at this very moment (its creator and an
+            # adoption): api_id is unique, so one of us failed; looking again sees who holds it.
+            self._record_created(batch_id, api_id, created_at, adopted)
+
+    def _record_created(self, batch_id: str, api_id: str, created_at: float, adopted: bool) -> None:
         with self.tx() as conn:
             holder = conn.execute(sa.select(batches.c.id, batches.c.adopted).where(
                 (batches.c.api_id == api_id) & (batches.c.id != batch_id))).first()

@@ -287,9 +287,21 @@ def _migrate(engine: Engine, url: str) -> None:
             conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
     except sa.exc.IntegrityError:
         pass  # an existing ledger (or a concurrent opener wrote it first)
+    # Of two processes opening an old ledger at once, one migrates it and the other then finds it
+    # migrated: PostgreSQL holds the second on the locked row; SQLite refuses its stale write,
+    # and it looks again.
+    for attempt in range(3):
+        try:
+            _migrate_once(engine, url)
+            return
+        except sa.exc.OperationalError:
+            if attempt == 2 or not url.startswith("sqlite"):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
+def _migrate_once(engine: Engine, url: str) -> None:
     with engine.begin() as conn:
-        # Locked (PostgreSQL): of two processes opening an old ledger at once, one migrates it
-        # and the other then finds it migrated.
         found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")
                              .with_for_update()).scalar_one()
         if int(found) > SCHEMA_VERSION:

@@ -308,3 +308,26 @@ def test_run_drops_the_retired_context_1m_beta(data_dir, api):
     [batch_id] = [b for b, _ in api.sim.create_log]
     assert api.sim.batch_betas[batch_id] == ("some-feature-2026-01-01",)
     assert read_summary(data_dir)["a.txt"]["status"] == "complete"
+
+
+def test_rows_from_before_projects_are_out_of_sight_and_nothing_paid_for_is_resent(data_dir, api, shared_ledger):
+    """An existing shared ledger migrated to schema 6: its rows get the empty scope, which no data
+    dir on a shared ledger uses. The data dir's reports tell what was paid for: nothing is resent."""
+    if not shared_ledger:
+        pytest.skip("about a shared (PostgreSQL) ledger")
+    import sqlalchemy as sa
+
+    write(data_dir / "inbox", "a.txt", PROSE)
+    params = RunParameters(data_dir=str(data_dir), max_output_tokens=2_000)
+    process_documents(params)
+    engine = sa.create_engine(shared_ledger)
+    with engine.begin() as conn:  # as the schema 5 -> 6 migration leaves a pre-project ledger
+        for table in ("plan_rows", "requests", "reductions", "batches", "results"):
+            conn.execute(sa.text(f"UPDATE {table} SET scope = ''"))
+    engine.dispose()
+    ledger = open_ledger(data_dir)
+    assert ledger.is_empty() and ledger.plan() == []  # the old rows are nobody's
+    ledger.close()
+    process_documents(params)
+    assert len(api.sim.create_log) == 1, "what the reports show was paid for is not sent again"
+    assert read_summary(data_dir)["a.txt"]["status"] == "complete"

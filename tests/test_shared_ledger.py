@@ -131,7 +131,7 @@ def test_plan_rows_recorded_by_racing_runs_never_collide(url):
     assert errors == [] and len(ledger_a.plan()) == 5
 
 
-def test_a_schema_5_ledger_migrates_keeping_every_row(url):
+def make_schema_5_ledger(url: str) -> None:
     engine = sa.create_engine(url)
     schema_v5.metadata.create_all(engine)
     with engine.begin() as conn:  # what schema 5 wrote: a plan row, a request in a batch, a result, a step
@@ -156,6 +156,9 @@ def test_a_schema_5_ledger_migrates_keeping_every_row(url):
             state="waiting", data='{"x": 1}', created_at=1.0, updated_at=1.0))
     engine.dispose()
 
+
+def test_a_schema_5_ledger_migrates_keeping_every_row(url):
+    make_schema_5_ledger(url)
     old = Ledger(url)  # the scope every row written before schema 6 has
     [request] = old.requests_in_state("submitted")
     assert (request.fingerprint, request.batch_id) == (FP, "lb_old")
@@ -170,6 +173,28 @@ def test_a_schema_5_ledger_migrates_keeping_every_row(url):
         assert conn.execute(sa.text("SELECT value FROM meta WHERE key = 'schema_version'")).scalar_one() == str(
             SCHEMA_VERSION)
     Ledger(url).close()  # opening it again: nothing left to migrate
+
+
+def test_two_openers_of_a_schema_5_ledger_at_once_both_get_it_migrated(url):
+    make_schema_5_ledger(url)
+    errors: list[BaseException] = []
+    opened: list[Ledger] = []
+    barrier = threading.Barrier(3)
+
+    def open_it() -> None:
+        barrier.wait()
+        try:
+            opened.append(Ledger(url))
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(opened) == 3
+    assert [r.fingerprint for r in opened[0].requests_in_state("submitted")] == [FP]
 
 
 def test_the_scope_is_the_project_or_the_data_dir_on_a_shared_ledger_only(tmp_path, monkeypatch):
