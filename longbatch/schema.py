@@ -6,7 +6,10 @@ database at the current schema.
 
 from __future__ import annotations
 
+import fcntl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -272,32 +275,40 @@ def open_engine(url: str) -> Engine:
 
 
 def _migrate(engine: Engine, url: str) -> None:
-    # Two processes opening a new ledger at once race to create the tables; the loser
-    # sees "already exists" and simply looks again.
-    for attempt in range(5):
+    # Of two processes opening a ledger at once, one creates or migrates it and the other then
+    # finds it done: PostgreSQL holds the second on the locked schema_version row; SQLite, whose
+    # driver runs DDL outside the transaction, by a file lock beside the database (else the
+    # second could see, or recreate, a table the first is rebuilding).
+    with _sqlite_lock(url):
+        # Two processes creating a new PostgreSQL ledger race to create the tables; the loser
+        # sees "already exists" and simply looks again.
+        for attempt in range(5):
+            try:
+                metadata.create_all(engine)
+                break
+            except sa.exc.DBAPIError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
         try:
-            metadata.create_all(engine)
-            break
-        except sa.exc.DBAPIError:
-            if attempt == 4:
-                raise
-            time.sleep(0.1 * (attempt + 1))
-    try:
-        with engine.begin() as conn:
-            conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-    except sa.exc.IntegrityError:
-        pass  # an existing ledger (or a concurrent opener wrote it first)
-    # Of two processes opening an old ledger at once, one migrates it and the other then finds it
-    # migrated: PostgreSQL holds the second on the locked row; SQLite refuses its stale write,
-    # and it looks again.
-    for attempt in range(3):
+            with engine.begin() as conn:
+                conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        except sa.exc.IntegrityError:
+            pass  # an existing ledger (or a concurrent opener wrote it first)
+        _migrate_once(engine, url)
+
+
+@contextmanager
+def _sqlite_lock(url: str) -> Iterator[None]:
+    if not url.startswith("sqlite"):
+        yield
+        return
+    with open(url.split("///", 1)[1] + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            _migrate_once(engine, url)
-            return
-        except sa.exc.OperationalError:
-            if attempt == 2 or not url.startswith("sqlite"):
-                raise
-            time.sleep(0.2 * (attempt + 1))
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _migrate_once(engine: Engine, url: str) -> None:

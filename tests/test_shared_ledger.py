@@ -4,6 +4,7 @@ never race, and a schema-5 ledger migrates with its rows kept. On SQLite and a r
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,26 @@ def step(key: str = "k1") -> StepRecipe:
 def plan_record(source: str = "doc.txt") -> PlanRecord:
     return PlanRecord(PlanRow("doc", source, "text", "report", "claude-sonnet-4-6", PlanStatus.READY,
                               custom_id="doc--report"), FP)
+
+
+def at_once(*calls: Callable[[], object]) -> list[BaseException]:
+    """Start every call at the same instant, each in its own thread; the errors they raised."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], object]) -> None:
+        barrier.wait()
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - collected for the test to assert on
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
 
 
 @pytest.fixture
@@ -88,47 +109,25 @@ def test_results_and_token_counts_recorded_at_once_never_collide(url):
     on PostgreSQL when the ledger deleted then inserted. Both now upsert in one statement."""
     ledger = Ledger(url, "A")
     ledger.claim(request_row())
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(2)
 
     def record() -> None:
-        barrier.wait()
-        try:
-            for i in range(200):
-                ledger.record_result(ResultRecord("msgbatch_x", "doc--report", FP, 1, "errored",
-                                                  error_type="overloaded_error"), "retryable", ("e", str(i)))
-                ledger.record_token_count(f"m:{i % 5}", i)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
-            errors.append(exc)
+        for i in range(200):
+            ledger.record_result(ResultRecord("msgbatch_x", "doc--report", FP, 1, "errored",
+                                              error_type="overloaded_error"), "retryable", ("e", str(i)))
+            ledger.record_token_count(f"m:{i % 5}", i)
 
-    threads = [threading.Thread(target=record) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert at_once(record, record) == []
     assert ledger.latest_result(FP).error_type == "overloaded_error" and len(ledger.token_counts()) == 5
 
 
 def test_plan_rows_recorded_by_racing_runs_never_collide(url):
     ledger_a, ledger_b = Ledger(url, "A"), Ledger(url, "A")  # two runs of one data dir
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(2)
 
     def plan(ledger: Ledger) -> None:
-        barrier.wait()
-        try:
-            for _ in range(100):
-                ledger.record_plan([plan_record(f"doc{i}.txt") for i in range(5)], [f"doc{i}.txt" for i in range(5)])
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
+        for _ in range(100):
+            ledger.record_plan([plan_record(f"doc{i}.txt") for i in range(5)], [f"doc{i}.txt" for i in range(5)])
 
-    threads = [threading.Thread(target=plan, args=(ledger,)) for ledger in (ledger_a, ledger_b)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and len(ledger_a.plan()) == 5
+    assert at_once(lambda: plan(ledger_a), lambda: plan(ledger_b)) == [] and len(ledger_a.plan()) == 5
 
 
 def make_schema_5_ledger(url: str) -> None:
@@ -177,23 +176,8 @@ def test_a_schema_5_ledger_migrates_keeping_every_row(url):
 
 def test_two_openers_of_a_schema_5_ledger_at_once_both_get_it_migrated(url):
     make_schema_5_ledger(url)
-    errors: list[BaseException] = []
     opened: list[Ledger] = []
-    barrier = threading.Barrier(3)
-
-    def open_it() -> None:
-        barrier.wait()
-        try:
-            opened.append(Ledger(url))
-        except BaseException as exc:  # noqa: BLE001
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_it) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == [] and len(opened) == 3
+    assert at_once(*[lambda: opened.append(Ledger(url))] * 3) == [] and len(opened) == 3
     assert [r.fingerprint for r in opened[0].requests_in_state("submitted")] == [FP]
 
 
