@@ -41,6 +41,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path,
                    help="data directory holding inbox/, reports/, results/ and the ledger (default: "
                         "LONGBATCH_DATA_DIR, else ./data)")
+    p.add_argument("--project", help="on a shared ledger (LONGBATCH_DATABASE_URL), the project this work belongs "
+                                     "to; runs of one project share it (default: LONGBATCH_PROJECT, else the data "
+                                     "directory's resolved path)")
 
 
 def _planning(p: argparse.ArgumentParser) -> None:
@@ -96,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--budget-usd", type=float, help="refuse to submit if the run could cost more than this")
     run.add_argument("--max-attempts", type=int,
                      help="tries per request for expired, canceled or transient errors (default: 3)")
+    run.add_argument("--dask-address", metavar="tcp://HOST:PORT",
+                     help="read and count the documents on this Dask scheduler's workers (pip install "
+                          "'longbatch[dask]'; they must see the inbox at the same path; default: "
+                          "LONGBATCH_DASK_ADDRESS, else this machine)")
 
     plan = sub.add_parser("plan", help="everything up to submission, nothing sent: sizes, tokens, fit, cost",
                           description="Show, per document and prompt, its size, estimated tokens, whether it "
@@ -160,9 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _prefect_defaults()
     _quiet_user_errors()
-    from longbatch.problems import explain
-
     from longbatch.errors import LongbatchError
+    from longbatch.problems import explain
     from longbatch.redact import install_log_redaction, redact
 
     install_log_redaction()
@@ -183,16 +189,6 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         print(redact(traceback.format_exc()), file=sys.stderr, end="")  # a bug keeps its traceback, never the key
-        return 1
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("longbatch: interrupted; submitted batches go on. `longbatch run` or `collect` resumes.",
-              file=sys.stderr)
-        return 130
-    except Exception:  # noqa: BLE001 - a bug keeps its traceback, but never with the key in it
-        import traceback
-
-        print(redact(traceback.format_exc()), file=sys.stderr, end="")
         return 1
 
 

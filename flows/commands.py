@@ -21,7 +21,7 @@ def _planning_values(args: argparse.Namespace) -> dict[str, Any]:
     return {"data_dir": args.data_dir, "inbox": args.inbox, "model": args.model, "prompts": args.prompts,
             "max_output_tokens": args.max_output_tokens, "min_output_tokens": args.min_output_tokens,
             "betas": args.betas, "pdf_mode": args.pdf_mode, "exact_count": args.exact_count,
-            "follow_links": args.follow_links}
+            "follow_links": args.follow_links, "project": args.project}
 
 
 def _preflight(settings: Any) -> None:
@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in _planning_values(args).items()}
     params = RunParameters(**values, wait=False if args.no_wait else None, simulate=args.simulate,
-                           budget_usd=args.budget_usd, max_attempts=args.max_attempts)
+                           budget_usd=args.budget_usd, max_attempts=args.max_attempts, dask_address=args.dask_address)
     settings = params.settings()
     _preflight(settings)
     from flows.process import process_documents
@@ -197,7 +197,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from longbatch.problems import check_data_dir
     from longbatch.settings import Settings
 
-    settings = Settings.given(data_dir=args.data_dir, simulate=args.simulate, inbox=args.inbox)
+    settings = Settings.given(data_dir=args.data_dir, simulate=args.simulate, inbox=args.inbox, project=args.project)
     check_data_dir(settings.data_dir, write=False)
     if not _pending_work(settings):  # nothing to do: no key needed, no Prefect started
         print(f"Nothing pending in {settings.data_dir}: every batch sent from there has been collected.")
@@ -209,7 +209,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     with temporary_prefect_server():  # dies with this process, however it ends
         result = collect_batches(data_dir=str(settings.data_dir), simulate=settings.simulate, wait=args.wait,
-                                 inbox=str(args.inbox) if args.inbox else None)
+                                 inbox=str(args.inbox) if args.inbox else None, project=args.project)
     _print_summary(Path(result["summary_csv"]), settings.data_dir)
     return 0
 
@@ -237,7 +237,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from longbatch.records import PENDING_BATCH_STATES, RequestState, StepState
     from longbatch.settings import Settings
 
-    settings = Settings.given(data_dir=args.data_dir)
+    settings = Settings.given(data_dir=args.data_dir, project=args.project)
     check_data_dir(settings.data_dir, write=False)
     ledger = Ledger.existing(settings)
     if ledger is None:
@@ -273,7 +273,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
     from longbatch.problems import check_data_dir
     from longbatch.settings import Settings
 
-    settings = Settings.given(data_dir=args.data_dir)
+    settings = Settings.given(data_dir=args.data_dir, project=args.project)
     check_data_dir(settings.data_dir, write=False)
     ledger = Ledger.existing(settings)
     if ledger is None:

@@ -46,6 +46,8 @@ class RunParameters(BaseModel):
     betas: list[str] | None = _described("betas")
     pdf_mode: Literal["text", "native"] | None = _described("pdf_mode")
     follow_links: bool | None = _described("follow_links")
+    project: str | None = _described("project")
+    dask_address: str | None = _described("dask_address")
 
     def settings(self) -> Settings:
         return Settings.given(**self.model_dump())

@@ -20,6 +20,7 @@ from prefect.states import Completed, State
 from pydantic import Field
 
 from flows.artifacts import WaitReporter, publish_run_artifacts
+from flows.dask import on_dask
 from flows.parameters import RunParameters
 from longbatch.api import check_api_access, model_from_api, open_api
 from longbatch.catalog import ModelSpec, get_model, normalize_betas, retirement_warning
@@ -57,9 +58,9 @@ INGEST_CHUNK = 200
 
 
 @task(name="ingest-documents", task_run_name="ingest-{label}", cache_policy=NO_CACHE)
-def ingest_task(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir: Path, follow_links: bool,
-                label: str) -> list[Document | IngestFailure]:
-    items = list(read_documents(paths, inbox, native_pdf, cache_dir, follow_links=follow_links))
+def ingest_task(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir: Path | None, follow_links: bool,
+                label: str, workers: int | None = None) -> list[Document | IngestFailure]:
+    items = list(read_documents(paths, inbox, native_pdf, cache_dir, workers, follow_links))
     for item in items:
         if isinstance(item, IngestFailure):
             get_run_logger().warning("%s: %s (%s)", item.source, item.reason, item.category)
@@ -77,6 +78,15 @@ def ingest(paths: list[Path], settings: Settings) -> list[Document | IngestFailu
         items += ingest_task(chunk, settings.inbox_dir, native, settings.data_dir / "cache", settings.follow_links,
                              label)
     return items
+
+
+@flow(name="ingest-on-cluster")
+def ingest_on_cluster(paths: list[Path], inbox: Path, native_pdf: bool,
+                      follow_links: bool) -> list[Document | IngestFailure]:
+    """Read and count every document on this flow's task runner (a Dask cluster: flows/dask.py),
+    one task per document: the cluster spreads them over its workers, each reading in-process."""
+    futures = [ingest_task.submit([path], inbox, native_pdf, None, follow_links, path.name, 1) for path in paths]
+    return [item for future in futures for item in future.result()]
 
 
 @task(name="make-plan", cache_policy=NO_CACHE)
@@ -227,7 +237,12 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
     logger.info("inbox %s: %d file(s); model %s; prompts %s", inbox, len(paths), model.id,
                 ", ".join(p.name for p in prompts))
 
-    items = ingest(paths, settings)
+    if settings.dask_address and paths:  # on the cluster's workers: absolute paths, not symlinks resolved
+        items = on_dask(ingest_on_cluster, settings.dask_address)([p.absolute() for p in paths], inbox.absolute(),
+                                                                    settings.pdf_mode == "native",
+                                                                    settings.follow_links)
+    else:
+        items = ingest(paths, settings)
     for warning in normalize_betas(settings.betas)[1]:
         logger.warning(warning)
     plan = plan_task(items, prompts, model, settings)
@@ -262,6 +277,7 @@ def collect_batches(
     wait: bool = False,
     max_attempts: Annotated[int | None, Field(ge=1, le=10)] = None,
     inbox: str | None = None,
+    project: str | None = None,
 ) -> dict[str, Any]:
     """Look at every pending batch, assemble what ended, resubmit what may be retried (rebuilt
     from the inbox), and with `wait` go on until nothing is pending.
@@ -272,8 +288,11 @@ def collect_batches(
         wait: Wait until every pending batch has ended.
         max_attempts: Tries per request before giving up on it. Empty: LONGBATCH_MAX_ATTEMPTS if set, else 3.
         inbox: Where the documents are, to rebuild retried requests. Empty: the data directory's inbox/.
+        project: On a shared ledger, the project whose work to collect. Empty: LONGBATCH_PROJECT if set, else
+            the data directory's resolved path.
     """
-    settings = Settings.given(data_dir=data_dir, simulate=simulate, max_attempts=max_attempts, inbox=inbox)
+    settings = Settings.given(data_dir=data_dir, simulate=simulate, max_attempts=max_attempts, inbox=inbox,
+                              project=project)
     check_api_access(settings)
     ledger = Ledger.open(settings)
     try:

@@ -1,7 +1,9 @@
 """The ledger: the single record of what was planned, submitted and returned.
 
 SQLite in the data directory by default; any SQLAlchemy URL (LONGBATCH_DATABASE_URL, e.g.
-PostgreSQL) works the same. Requests are keyed by their fingerprint (a hash of the exact
+PostgreSQL) works the same. A ledger is opened for one scope (a data dir, or a named project,
+on a shared database; "" for a data dir's own SQLite file) and every query stays inside it: one
+data dir never sees, collects, retries or rebuilds another's work. Requests are keyed by their fingerprint (a hash of the exact
 params and betas), so the same work can be claimed for submission once only: the claim is an
 INSERT that a unique key lets exactly one process win, not a check-then-act.
 
@@ -83,14 +85,16 @@ def _plan(r: Mapping[str, Any]) -> PlanRecord:
 
 
 class Ledger:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, scope: str = "") -> None:
         self.url = url
+        self.scope = scope
         self.engine = open_engine(url)
 
     @classmethod
     def open(cls, settings: Settings) -> Ledger:
-        """The ledger these settings name: `database_url`, else SQLite in the data dir."""
-        return cls(settings.database_url or default_url(settings.data_dir))
+        """The ledger these settings name: `database_url`, else SQLite in the data dir; in the
+        settings' scope."""
+        return cls(settings.database_url or default_url(settings.data_dir), settings.ledger_scope)
 
     @classmethod
     def existing(cls, settings: Settings) -> Ledger | None:
@@ -103,6 +107,10 @@ class Ledger:
     def for_data_dir(cls, data_dir: Path) -> Ledger:
         """SQLite in `data_dir`, whatever the environment says (tests and tools)."""
         return cls(default_url(data_dir))
+
+    def _mine(self, table: sa.Table) -> sa.ColumnElement[bool]:
+        """The condition every query of a scoped table carries."""
+        return table.c.scope == self.scope
 
     def close(self) -> None:
         self.engine.dispose()
@@ -124,30 +132,32 @@ class Ledger:
         present = set(inbox_sources)
         with self.tx() as conn:
             stale = [r.source for r in conn.execute(sa.select(plan_rows.c.source, plan_rows.c.data)
-                                                      .where(plan_rows.c.fingerprint.is_(None)))
+                                                      .where(self._mine(plan_rows) & plan_rows.c.fingerprint.is_(None)))
                      if r.source not in present and not json.loads(r.data or "{}").get("reduction")]
             for i in range(0, len(stale), 500):
-                conn.execute(plan_rows.delete().where(plan_rows.c.source.in_(stale[i: i + 500])))
+                conn.execute(plan_rows.delete().where(self._mine(plan_rows)
+                                                      & plan_rows.c.source.in_(stale[i: i + 500])))
             for rec in records:
                 row = rec.row
                 data = {**row.csv_record(), "fingerprint": rec.fingerprint,
                         "part_fingerprints": list(rec.part_fingerprints)}
-                upsert(conn, plan_rows, ("source", "prompt", "model"), dict(
-                    source=row.source, prompt=row.prompt, model=row.model, doc_id=row.doc_id, sha256=row.sha256,
+                upsert(conn, plan_rows, ("scope", "source", "prompt", "model"), dict(
+                    scope=self.scope, source=row.source, prompt=row.prompt, model=row.model, doc_id=row.doc_id, sha256=row.sha256,
                     status=str(row.status), reason=row.reason, fingerprint=rec.fingerprint,
                     data=json.dumps(data, default=str), planned_at=now))
 
     def plan(self) -> list[PlanRecord]:
         with self.tx() as conn:
-            rows = conn.execute(sa.select(plan_rows).order_by(plan_rows.c.source, plan_rows.c.prompt,
-                                                              plan_rows.c.model)).mappings()
+            rows = conn.execute(sa.select(plan_rows).where(self._mine(plan_rows))
+                                .order_by(plan_rows.c.source, plan_rows.c.prompt, plan_rows.c.model)).mappings()
             return [_plan(r) for r in rows]
 
     # -- requests -----------------------------------------------------------------------------
 
     def request(self, fingerprint: str) -> RequestRecord | None:
         with self.tx() as conn:
-            row = conn.execute(sa.select(requests).where(requests.c.fingerprint == fingerprint)).mappings().first()
+            row = conn.execute(sa.select(requests).where(self._mine(requests) & (requests.c.fingerprint == fingerprint))
+                               ).mappings().first()
             return _request(row) if row else None
 
     def known_fingerprints(self, fingerprints: list[str]) -> set[str]:
@@ -157,7 +167,7 @@ class Ledger:
             for i in range(0, len(fingerprints), 500):
                 chunk = fingerprints[i: i + 500]
                 found.update(conn.execute(sa.select(requests.c.fingerprint)
-                                          .where(requests.c.fingerprint.in_(chunk))).scalars())
+                                          .where(self._mine(requests) & requests.c.fingerprint.in_(chunk))).scalars())
         return found
 
     def claim(self, req: NewRequest) -> bool:
@@ -168,7 +178,7 @@ class Ledger:
         try:
             with self.tx() as conn:
                 conn.execute(requests.insert().values(
-                    fingerprint=req.fingerprint, custom_id=req.custom_id, doc_id=req.doc_id, source=req.source,
+                    scope=self.scope, fingerprint=req.fingerprint, custom_id=req.custom_id, doc_id=req.doc_id, source=req.source,
                     sha256=req.sha256, prompt=req.prompt, model=req.model, max_tokens=req.max_tokens,
                     betas=",".join(req.betas), meta=json.dumps(meta) if meta else None,
                     state=RequestState.QUEUED, attempts=0, created_at=now, updated_at=now))
@@ -177,9 +187,10 @@ class Ledger:
             return False
 
     def request_count(self) -> int:
-        """How many distinct requests were ever recorded here."""
+        """How many distinct requests were ever recorded here (in this scope)."""
         with self.tx() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(requests)).scalar_one())
+            return int(conn.execute(sa.select(sa.func.count()).select_from(requests)
+                                    .where(self._mine(requests))).scalar_one())
 
     def record_recovered(self, req: NewRequest, result: ResultRecord) -> bool:
         """A request known only from its report (the ledger was lost): recorded as succeeded with
@@ -189,11 +200,12 @@ class Ledger:
         try:
             with self.tx() as conn:
                 conn.execute(requests.insert().values(
-                    fingerprint=req.fingerprint, custom_id=req.custom_id, doc_id=req.doc_id, source=req.source,
+                    scope=self.scope, fingerprint=req.fingerprint, custom_id=req.custom_id, doc_id=req.doc_id, source=req.source,
                     sha256=req.sha256, prompt=req.prompt, model=req.model, max_tokens=req.max_tokens,
                     betas=",".join(req.betas), meta=json.dumps(meta) if meta else None,
                     state=RequestState.SUCCEEDED, attempts=result.attempt, created_at=now, updated_at=now))
-                upsert(conn, results, ("batch_id", "custom_id"), {**dataclasses.asdict(result), "received_at": now})
+                upsert(conn, results, ("scope", "batch_id", "custom_id"),
+                       {**dataclasses.asdict(result), "scope": self.scope, "received_at": now})
             return True
         except sa.exc.IntegrityError:
             return False
@@ -203,7 +215,7 @@ class Ledger:
         before reaching the API) is dropped in favour of the current plan's request."""
         with self.tx() as conn:
             return conn.execute(requests.update().where(
-                (requests.c.custom_id == custom_id) & (requests.c.fingerprint != current_fingerprint)
+                self._mine(requests) & (requests.c.custom_id == custom_id) & (requests.c.fingerprint != current_fingerprint)
                 & ((requests.c.state == RequestState.QUEUED)
                    | ((requests.c.state == RequestState.FAILED) & (requests.c.error_type == CREATE_FAILED)))
             ).values(state=RequestState.FAILED, error_type=SUPERSEDED, updated_at=time.time(),
@@ -213,7 +225,8 @@ class Ledger:
         """Move a request back to queued for another attempt; only one caller wins the move."""
         with self.tx() as conn:
             res = conn.execute(requests.update()
-                               .where((requests.c.fingerprint == fingerprint) & (requests.c.state == from_state))
+                               .where(self._mine(requests) & (requests.c.fingerprint == fingerprint)
+                                      & (requests.c.state == from_state))
                                .values(state=RequestState.QUEUED, updated_at=time.time()))
             return res.rowcount == 1
 
@@ -221,19 +234,20 @@ class Ledger:
                           error_message: str | None = None) -> None:
         with self.tx() as conn:
             for fp in fingerprints:
-                conn.execute(requests.update().where(requests.c.fingerprint == fp).values(
+                conn.execute(requests.update().where(self._mine(requests) & (requests.c.fingerprint == fp)).values(
                     state=state, error_type=error_type, error_message=error_message, updated_at=time.time()))
 
     def requests_in_state(self, *states: RequestState) -> list[RequestRecord]:
         with self.tx() as conn:
-            rows = conn.execute(sa.select(requests).where(requests.c.state.in_(states))).mappings()
+            rows = conn.execute(sa.select(requests).where(self._mine(requests) & requests.c.state.in_(states))).mappings()
             return [_request(r) for r in rows]
 
     def requests_by_fingerprint(self, fingerprints: list[str]) -> dict[str, RequestRecord]:
         found: dict[str, RequestRecord] = {}
         with self.tx() as conn:
             for i in range(0, len(fingerprints), 500):
-                rows = conn.execute(sa.select(requests).where(requests.c.fingerprint.in_(fingerprints[i: i + 500])))
+                rows = conn.execute(sa.select(requests).where(
+                    self._mine(requests) & requests.c.fingerprint.in_(fingerprints[i: i + 500])))
                 found.update({r["fingerprint"]: _request(r) for r in rows.mappings()})
         return found
 
@@ -245,7 +259,7 @@ class Ledger:
         try:
             with self.tx() as conn:
                 conn.execute(reductions.insert().values(
-                    key=recipe.key, final_key=recipe.final_key, custom_id=recipe.custom_id, source=recipe.source,
+                    scope=self.scope, key=recipe.key, final_key=recipe.final_key, custom_id=recipe.custom_id, source=recipe.source,
                     prompt=recipe.prompt, role=recipe.piece.kind.value, state=StepState.WAITING,
                     data=json.dumps(recipe.to_data()), created_at=now, updated_at=now))
             return True
@@ -254,31 +268,36 @@ class Ledger:
 
     def reductions_in_state(self, *states: StepState) -> list[StepRecord]:
         with self.tx() as conn:
-            rows = conn.execute(sa.select(reductions).where(reductions.c.state.in_(states))
+            rows = conn.execute(sa.select(reductions).where(self._mine(reductions) & reductions.c.state.in_(states))
                                 .order_by(reductions.c.created_at, reductions.c.custom_id)).mappings()
             return [_step(r) for r in rows]
 
     def reductions_of(self, final_key: str) -> list[StepRecord]:
         """Every step of one split document's tree, the final one included."""
         with self.tx() as conn:
-            rows = conn.execute(sa.select(reductions).where(reductions.c.final_key == final_key)).mappings()
+            rows = conn.execute(sa.select(reductions).where(self._mine(reductions)
+                                                            & (reductions.c.final_key == final_key))).mappings()
             return [_step(r) for r in rows]
 
     def reduction(self, key: str) -> StepRecord | None:
         with self.tx() as conn:
-            row = conn.execute(sa.select(reductions).where(reductions.c.key == key)).mappings().first()
+            row = conn.execute(sa.select(reductions).where(self._mine(reductions) & (reductions.c.key == key))
+                               ).mappings().first()
             return _step(row) if row else None
 
     def known_reductions(self, keys: list[str]) -> set[str]:
         with self.tx() as conn:
-            return set(conn.execute(sa.select(reductions.c.key).where(reductions.c.key.in_(keys))).scalars())
+            return set(conn.execute(sa.select(reductions.c.key).where(self._mine(reductions)
+                                                                       & reductions.c.key.in_(keys))).scalars())
 
     def stranded_steps(self) -> list[StepRecord]:
         """Steps built and claimed whose request is still queued: a process stopped before
         sending them."""
         with self.tx() as conn:
-            q = sa.select(reductions).join(requests, requests.c.fingerprint == reductions.c.fingerprint).where(
-                (reductions.c.state == StepState.BUILT) & (requests.c.state == RequestState.QUEUED))
+            q = sa.select(reductions).join(requests, (requests.c.scope == reductions.c.scope)
+                                           & (requests.c.fingerprint == reductions.c.fingerprint)).where(
+                self._mine(reductions) & (reductions.c.state == StepState.BUILT)
+                & (requests.c.state == RequestState.QUEUED))
             return [_step(r) for r in conn.execute(q).mappings()]
 
     def set_reduction(self, key: str, state: StepState, fingerprint: str | None = None,
@@ -286,7 +305,7 @@ class Ledger:
         """waiting -> built | failed; only from waiting, so a step is built once."""
         with self.tx() as conn:
             conn.execute(reductions.update().where(
-                (reductions.c.key == key) & (reductions.c.state == StepState.WAITING))
+                self._mine(reductions) & (reductions.c.key == key) & (reductions.c.state == StepState.WAITING))
                 .values(state=state, fingerprint=fingerprint, error=error, updated_at=time.time()))
 
     # -- batches ------------------------------------------------------------------------------
@@ -300,17 +319,19 @@ class Ledger:
         now = time.time()
         won: list[str] = []
         with self.tx() as conn:
-            conn.execute(batches.insert().values(id=batch_id, state=BatchState.INTENT, betas=",".join(betas),
+            conn.execute(batches.insert().values(id=batch_id, scope=self.scope, state=BatchState.INTENT, betas=",".join(betas),
                                                  request_count=0, intent_at=now))
             for custom_id, fp in members:
                 taken = conn.execute(
                     requests.update()
-                    .where((requests.c.fingerprint == fp) & (requests.c.state == RequestState.QUEUED))
+                    .where(self._mine(requests) & (requests.c.fingerprint == fp)
+                           & (requests.c.state == RequestState.QUEUED))
                     .values(state=RequestState.SUBMITTING, attempts=requests.c.attempts + 1, batch_id=batch_id, updated_at=now)
                 ).rowcount
                 if not taken:
                     continue
-                attempt = conn.execute(sa.select(requests.c.attempts).where(requests.c.fingerprint == fp)).scalar_one()
+                attempt = conn.execute(sa.select(requests.c.attempts).where(
+                    self._mine(requests) & (requests.c.fingerprint == fp))).scalar_one()
                 conn.execute(batch_members.insert().values(batch_id=batch_id, custom_id=custom_id,
                                                            fingerprint=fp, attempt=attempt))
                 won.append(custom_id)
@@ -325,10 +346,19 @@ class Ledger:
         create: whether the batch exists is unknown until the server is asked."""
         with self.tx() as conn:
             return conn.execute(batches.update().where(
-                (batches.c.state == BatchState.INTENT) & (batches.c.intent_at < time.time() - older_than_seconds)
+                self._mine(batches) & (batches.c.state == BatchState.INTENT)
+                & (batches.c.intent_at < time.time() - older_than_seconds)
             ).values(state=BatchState.UNKNOWN, error="the process stopped during create")).rowcount
 
     def record_created(self, batch_id: str, api_id: str, created_at: float, adopted: bool = False) -> None:
+        try:
+            self._record_created(batch_id, api_id, created_at, adopted)
+        except sa.exc.IntegrityError:
+            # Another process recorded the same batch at this very moment (its creator and an
+            # adoption): api_id is unique, so one of us failed; looking again sees who holds it.
+            self._record_created(batch_id, api_id, created_at, adopted)
+
+    def _record_created(self, batch_id: str, api_id: str, created_at: float, adopted: bool) -> None:
         with self.tx() as conn:
             holder = conn.execute(sa.select(batches.c.id, batches.c.adopted).where(
                 (batches.c.api_id == api_id) & (batches.c.id != batch_id))).first()
@@ -371,11 +401,17 @@ class Ledger:
 
     def batches_in_state(self, *states: BatchState) -> list[BatchRecord]:
         with self.tx() as conn:
-            rows = conn.execute(sa.select(batches).where(batches.c.state.in_(states))
+            rows = conn.execute(sa.select(batches).where(self._mine(batches) & batches.c.state.in_(states))
                                 .order_by(batches.c.intent_at)).mappings()
             return [BatchRecord(r["id"], r["api_id"], BatchState(r["state"]), _betas(r["betas"]),
                                 r["request_count"], r["intent_at"], r["created_at"], r["ended_at"],
                                 bool(r["adopted"])) for r in rows]
+
+    def known_api_ids(self) -> set[str]:
+        """Every batch id the ledger holds, in every scope: a batch another data dir made is
+        never a candidate for adoption by this one."""
+        with self.tx() as conn:
+            return set(conn.execute(sa.select(batches.c.api_id).where(batches.c.api_id.is_not(None))).scalars())
 
     def members(self, batch_id: str) -> dict[str, tuple[str, int]]:
         """custom_id -> (fingerprint, attempt) for a batch."""
@@ -388,20 +424,20 @@ class Ledger:
     def record_result(self, result: ResultRecord, request_state: RequestState,
                       error: tuple[str | None, str | None]) -> None:
         """One result and the request's new state, in one transaction: both or neither."""
-        values = {**dataclasses.asdict(result), "received_at": time.time()}
+        values = {**dataclasses.asdict(result), "scope": self.scope, "received_at": time.time()}
         with self.tx() as conn:
-            upsert(conn, results, ("batch_id", "custom_id"), values)
-            conn.execute(requests.update().where(requests.c.fingerprint == result.fingerprint).values(
+            upsert(conn, results, ("scope", "batch_id", "custom_id"), values)
+            conn.execute(requests.update().where(self._mine(requests) & (requests.c.fingerprint == result.fingerprint)).values(
                 state=request_state, error_type=error[0], error_message=error[1], updated_at=time.time()))
 
     def has_result(self, batch_id: str, custom_id: str) -> bool:
         with self.tx() as conn:
             return conn.execute(sa.select(results.c.custom_id).where(
-                (results.c.batch_id == batch_id) & (results.c.custom_id == custom_id))).first() is not None
+                self._mine(results) & (results.c.batch_id == batch_id) & (results.c.custom_id == custom_id))).first() is not None
 
     def latest_result(self, fingerprint: str) -> ResultRecord | None:
         with self.tx() as conn:
-            row = conn.execute(sa.select(results).where(results.c.fingerprint == fingerprint)
+            row = conn.execute(sa.select(results).where(self._mine(results) & (results.c.fingerprint == fingerprint))
                                .order_by(results.c.attempt.desc(), results.c.received_at.desc())).mappings().first()
             return _result(row) if row else None
 
@@ -416,5 +452,6 @@ class Ledger:
     def usage_rows(self) -> list[UsageRecord]:
         with self.tx() as conn:
             q = sa.select(results, requests.c.model, requests.c.source, requests.c.prompt).join(
-                requests, requests.c.fingerprint == results.c.fingerprint)
+                requests, (requests.c.scope == results.c.scope) & (requests.c.fingerprint == results.c.fingerprint)
+            ).where(self._mine(results))
             return [UsageRecord(_result(r), r["model"], r["source"], r["prompt"]) for r in conn.execute(q).mappings()]

@@ -6,7 +6,10 @@ database at the current schema.
 
 from __future__ import annotations
 
+import fcntl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,20 @@ from sqlalchemy.engine import Connection, Engine
 
 from longbatch.errors import ConfigError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
+
+# Every row of work belongs to a scope (schema 6): the data dir, or the project, that made it.
+# A data dir's own SQLite ledger uses "" (the scope every row written before schema 6 has); a
+# shared ledger (LONGBATCH_DATABASE_URL) uses LONGBATCH_PROJECT or the data dir's resolved path.
+# Each table's key starts with it, so two scopes planning the same document never collide.
+
+
+def _scope() -> sa.Column:
+    return sa.Column("scope", sa.Text, nullable=False, server_default="")
+
+
+def _scope_key() -> sa.Column:
+    return sa.Column("scope", sa.Text, primary_key=True, server_default="")
 
 metadata = sa.MetaData()
 
@@ -25,6 +41,7 @@ meta = sa.Table("meta", metadata, sa.Column("key", sa.String(64), primary_key=Tr
 # other prompts and models stay (schema 5): the summary is of everything the data dir holds.
 plan_rows = sa.Table(
     "plan_rows", metadata,
+    _scope_key(),
     sa.Column("source", sa.Text, primary_key=True),
     sa.Column("prompt", sa.String(64), primary_key=True),
     sa.Column("model", sa.String(64), primary_key=True),
@@ -39,6 +56,7 @@ plan_rows = sa.Table(
 
 requests = sa.Table(
     "requests", metadata,
+    _scope_key(),
     sa.Column("fingerprint", sa.String(64), primary_key=True),
     sa.Column("custom_id", sa.String(64), nullable=False),
     sa.Column("doc_id", sa.String(64), nullable=False),
@@ -64,6 +82,7 @@ requests = sa.Table(
 # only once the reports it combines exist. waiting -> built (fingerprint set) | failed.
 reductions = sa.Table(
     "reductions", metadata,
+    _scope_key(),
     sa.Column("key", sa.String(64), primary_key=True),
     sa.Column("final_key", sa.String(64), nullable=False, index=True),
     sa.Column("custom_id", sa.String(64), nullable=False),
@@ -81,7 +100,8 @@ reductions = sa.Table(
 batches = sa.Table(
     "batches", metadata,
     sa.Column("id", sa.String(64), primary_key=True),  # ours, made before the API knows the batch
-    sa.Column("api_id", sa.String(128), unique=True),
+    sa.Column("api_id", sa.String(128), unique=True),  # unique across scopes: one batch has one owner
+    _scope(),
     # intent -> submitted -> ended -> collected; or failed (never created) / unknown (outcome unknown)
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("betas", sa.Text, nullable=False),
@@ -101,13 +121,15 @@ batch_members = sa.Table(
     "batch_members", metadata,
     sa.Column("batch_id", sa.String(64), sa.ForeignKey("batches.id"), primary_key=True),
     sa.Column("custom_id", sa.String(64), primary_key=True),
-    sa.Column("fingerprint", sa.String(64), sa.ForeignKey("requests.fingerprint"), nullable=False),
+    # The request is (the batch's scope, fingerprint); batch ids are unique, so no scope here.
+    sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
 )
 
 results = sa.Table(
     "results", metadata,
-    sa.Column("batch_id", sa.String(64), primary_key=True),
+    _scope_key(),
+    sa.Column("batch_id", sa.String(64), primary_key=True),  # the API's batch id
     sa.Column("custom_id", sa.String(64), primary_key=True),
     sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False),
@@ -156,6 +178,9 @@ def _v4_to_v5(conn: Connection) -> None:
     """Plan rows are kept per model as well (the summary lists every model's reports), and every
     lookup has an index."""
     conn.execute(sa.text("ALTER TABLE plan_rows RENAME TO plan_rows_v4"))
+    if conn.dialect.name == "postgresql":  # constraint names are per schema there: free the key's
+        pk = sa.inspect(conn).get_pk_constraint("plan_rows_v4")["name"]
+        conn.execute(sa.text(f'ALTER TABLE plan_rows_v4 RENAME CONSTRAINT "{pk}" TO plan_rows_v4_pkey'))
     plan_rows.create(conn)
     conn.execute(sa.text(
         "INSERT INTO plan_rows (source, prompt, model, doc_id, sha256, status, reason, fingerprint, data, planned_at) "
@@ -166,7 +191,60 @@ def _v4_to_v5(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+# The tables whose key gains the scope (schema 6), and that key.
+SCOPED_KEYS = {"plan_rows": ("scope", "source", "prompt", "model"), "requests": ("scope", "fingerprint"),
+               "reductions": ("scope", "key"), "results": ("scope", "batch_id", "custom_id")}
+
+
+def _v5_to_v6(conn: Connection) -> None:
+    """Every row belongs to a scope: `scope` starts the keys of plan rows, requests, steps and
+    results, and is a column of batches. Rows written before get "", the scope of a data dir's own
+    SQLite ledger, so such a ledger reads on unchanged. Safe to run on a ledger that has it."""
+    if conn.dialect.name == "sqlite":
+        # SQLite cannot change a key in place: such tables are rebuilt. batch_members first, so
+        # its old reference to requests.fingerprint (no longer a key on its own) goes with it.
+        for table in (batch_members, plan_rows, requests, reductions, results):
+            if table is batch_members or _key(conn, table.name) != SCOPED_KEYS[table.name]:
+                _rebuild_sqlite(conn, table)
+        if "scope" not in _columns(conn, "batches"):
+            conn.execute(sa.text("ALTER TABLE batches ADD COLUMN scope TEXT NOT NULL DEFAULT ''"))
+    else:
+        for name in ("batches", *SCOPED_KEYS):
+            conn.execute(sa.text(f"ALTER TABLE {name} ADD COLUMN IF NOT EXISTS scope TEXT NOT NULL DEFAULT ''"))
+        for fk in sa.inspect(conn).get_foreign_keys("batch_members"):
+            if fk["referred_table"] == "requests" and fk["name"]:
+                conn.execute(sa.text(f'ALTER TABLE batch_members DROP CONSTRAINT "{fk["name"]}"'))
+        for name, key in SCOPED_KEYS.items():
+            if _key(conn, name) != key:
+                pk = sa.inspect(conn).get_pk_constraint(name)["name"]
+                conn.execute(sa.text(f'ALTER TABLE {name} DROP CONSTRAINT "{pk}"'))
+                conn.execute(sa.text(f"ALTER TABLE {name} ADD PRIMARY KEY ({', '.join(key)})"))
+    for index in LOOKUP_INDEXES:
+        index.create(conn, checkfirst=True)
+
+
+def _columns(conn: Connection, table: str) -> set[str]:
+    return {c["name"] for c in sa.inspect(conn).get_columns(table)}
+
+
+def _key(conn: Connection, table: str) -> tuple[str, ...]:
+    return tuple(sa.inspect(conn).get_pk_constraint(table)["constrained_columns"])
+
+
+def _rebuild_sqlite(conn: Connection, table: sa.Table) -> None:
+    """Recreate `table` at the current schema, keeping its rows (new columns take their default)."""
+    old = f"{table.name}_v5"
+    kept = [c for c in table.columns.keys() if c in _columns(conn, table.name)]
+    conn.execute(sa.text(f"ALTER TABLE {table.name} RENAME TO {old}"))
+    for index in sa.inspect(conn).get_indexes(old):  # index names are per database: free them
+        conn.execute(sa.text(f'DROP INDEX "{index["name"]}"'))
+    table.create(conn)
+    columns = ", ".join(kept)
+    conn.execute(sa.text(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM {old}"))
+    conn.execute(sa.text(f"DROP TABLE {old}"))
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
 
 
 # count_tokens answers, cached by what was counted (schema 3): free, but rate-limited.
@@ -200,23 +278,46 @@ def open_engine(url: str) -> Engine:
 
 
 def _migrate(engine: Engine, url: str) -> None:
-    # Two processes opening a new ledger at once race to create the tables; the loser
-    # sees "already exists" and simply looks again.
-    for attempt in range(5):
+    # Of two processes opening a ledger at once, one creates or migrates it and the other then
+    # finds it done: PostgreSQL holds the second on the locked schema_version row; SQLite, whose
+    # driver runs DDL outside the transaction, by a file lock beside the database (else the
+    # second could see, or recreate, a table the first is rebuilding).
+    with _sqlite_lock(url):
+        # Two processes creating a new PostgreSQL ledger race to create the tables; the loser
+        # sees "already exists" and simply looks again.
+        for attempt in range(5):
+            try:
+                metadata.create_all(engine)
+                break
+            except sa.exc.DBAPIError:
+                if attempt == 4:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
         try:
-            metadata.create_all(engine)
-            break
-        except sa.exc.DBAPIError:
-            if attempt == 4:
-                raise
-            time.sleep(0.1 * (attempt + 1))
-    try:
-        with engine.begin() as conn:
-            conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-    except sa.exc.IntegrityError:
-        pass  # an existing ledger (or a concurrent opener wrote it first)
+            with engine.begin() as conn:
+                conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        except sa.exc.IntegrityError:
+            pass  # an existing ledger (or a concurrent opener wrote it first)
+        _migrate_once(engine, url)
+
+
+@contextmanager
+def _sqlite_lock(url: str) -> Iterator[None]:
+    if not url.startswith("sqlite"):
+        yield
+        return
+    with open(url.split("///", 1)[1] + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _migrate_once(engine: Engine, url: str) -> None:
     with engine.begin() as conn:
-        found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")).scalar_one()
+        found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "schema_version")
+                             .with_for_update()).scalar_one()
         if int(found) > SCHEMA_VERSION:
             raise ConfigError(
                 f"The ledger at {url} has schema {found}, newer than this longbatch ({SCHEMA_VERSION}): "

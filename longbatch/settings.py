@@ -54,6 +54,14 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="The ledger's SQLAlchemy URL (e.g. postgresql+psycopg://...); default: SQLite in the "
                           "data directory.")
+    project: str | None = Field(
+        None, description="On a shared ledger (database_url), the project this data directory's work belongs to: "
+                          "runs of one project share their work, other projects never see it. Default: the data "
+                          "directory's resolved path. Name one when several machines share a data directory.")
+    dask_address: str | None = Field(
+        None, description="A Dask scheduler (tcp://host:8786) to read and count the documents on, through "
+                          "prefect-dask (the [dask] extra); its workers must see the inbox at the same path. "
+                          "Default: read on this machine.")
     api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "LONGBATCH_API_KEY")
     )
@@ -82,6 +90,14 @@ class Settings(BaseSettings):
             raise ValueError(f"--min-output-tokens ({self.min_output_tokens:,}) is above --max-output-tokens "
                              f"({self.max_output_tokens:,}): no document could fit")
         return self
+
+    @property
+    def ledger_scope(self) -> str:
+        """Whose rows a run sees in the ledger: "" in a data dir's own SQLite ledger (it holds only
+        that data dir's work); on a shared one the project, else the data dir's resolved path."""
+        if not self.database_url:
+            return ""
+        return self.project or str(self.data_dir.resolve())
 
     @property
     def inbox_dir(self) -> Path:

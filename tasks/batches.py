@@ -157,7 +157,7 @@ def recover_unknown_batches(client: anthropic.Anthropic, ledger: Ledger, create_
     unknown = ledger.batches_in_state(BatchState.UNKNOWN)
     if not unknown:
         return []
-    known = {b.api_id for b in ledger.batches_in_state(BatchState.SUBMITTED, BatchState.ENDED, BatchState.COLLECTED) if b.api_id}
+    known = ledger.known_api_ids()  # every scope's: another data dir's batch is never ours to adopt
     earliest = min(b.intent_at for b in unknown) - 5.0
     candidates = []
     for server_batch in client.beta.messages.batches.list(limit=100):

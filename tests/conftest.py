@@ -126,3 +126,76 @@ def standalone_simulator(tmp_path, request):
     proc.terminate()
     out, err = proc.communicate(timeout=10)
     assert "sk-ant-" not in out + err  # the simulator never prints a key it was sent
+
+
+# -- PostgreSQL: a real server for the shared-ledger tests ---------------------------------
+
+def _postgres_bin() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return versions[-1].parent if versions else None
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A throwaway PostgreSQL cluster (initdb + pg_ctl) on 127.0.0.1 for the session; yields its
+    base URL. `.ci/run` installs the server when missing (and sets LONGBATCH_TEST_POSTGRES=required,
+    so CI never skips these tests); elsewhere they are skipped with the reason."""
+    import subprocess
+
+    bindir = _postgres_bin()
+    if bindir is None:
+        if os.environ.get("LONGBATCH_TEST_POSTGRES") == "required":
+            pytest.fail("PostgreSQL is required but initdb was not found (apt-get install postgresql)")
+        pytest.skip("PostgreSQL is not installed (initdb not found); .ci/run installs it")
+    pytest.importorskip("psycopg", reason="the [postgres] extra (psycopg 3) is not installed")
+    root = Path(tempfile.mkdtemp(prefix="lbpg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root: the cluster belongs to `postgres`
+        shutil.chown(root, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pgdata = root / "data"
+    run = {"check": True, "stdout": subprocess.DEVNULL, "stderr": subprocess.PIPE, "text": True}
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(pgdata), "-A", "trust", "-U", "postgres",
+                    "--no-sync"], **run)
+    # Durability is not what these tests are about: fsync off keeps them fast.
+    options = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off "
+               f"-c full_page_writes=off -c max_connections=300")
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(pgdata), "-o", options, "-l", str(root / "log"),
+                    "-w", "-t", "60", "start"], **run)
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres_server):
+    """A fresh, empty database on the session's server; dropped after the test."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(f"{postgres_server}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {name}"))
+    yield f"{postgres_server}/{name}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"DROP DATABASE {name} WITH (FORCE)"))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_url(request) -> str | None:
+    """Run the test on each kind of ledger: None (SQLite in the data dir), then a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return None
+    return request.getfixturevalue("postgres_url")

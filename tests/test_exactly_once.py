@@ -3,6 +3,7 @@ endpoint, and two runs at once. The proof is read from the simulator's own recor
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
@@ -47,6 +48,29 @@ def assert_every_document_settled(data_dir: Path) -> pd.DataFrame:
         assert (data_dir / row["report"]).is_file()
         assert (data_dir / row["report"]).with_suffix(".json").is_file()
     return summary
+
+
+@pytest.fixture(autouse=True)
+def shared_ledger(ledger_url, monkeypatch):
+    """Every test here runs on the data dir's own SQLite ledger, then on a PostgreSQL database
+    (runs started as processes inherit it through the environment)."""
+    if ledger_url:
+        monkeypatch.setenv("LONGBATCH_DATABASE_URL", ledger_url)
+    return ledger_url
+
+
+def succeeded_per_custom_id(state_dir: Path) -> Counter:
+    """From the simulator's own records: how many times each custom_id succeeded (was billed)."""
+    batches = list(state_dir.glob("msgbatch_*.json"))
+    results = list(state_dir.glob("msgbatch_*.results.jsonl"))
+    assert len(results) == len(batches), "every batch the server made was collected"
+    counts: Counter = Counter()
+    for path in results:
+        for line in path.read_text().splitlines():
+            item = json.loads(line)
+            if item["result"]["type"] == "succeeded":
+                counts[item["custom_id"]] += 1
+    return counts
 
 
 def fast_polling(monkeypatch: pytest.MonkeyPatch, create_grace: str) -> None:
@@ -122,8 +146,9 @@ def test_twenty_percent_faults_everywhere_complete_with_no_duplicates(tmp_path, 
     assert len(succeeded) == 13 and max(succeeded.values()) == 1
     # A request was created again only after an unbilled outcome (errored, expired): never while live.
     from longbatch.ledger import Ledger
+    from longbatch.settings import Settings
 
-    ledger = Ledger.for_data_dir(data_dir)
+    ledger = Ledger.open(Settings.given(data_dir=data_dir))
     for cid, n in created.items():
         attempts = ledger.usage_rows()
         assert n == sum(1 for r in attempts if r.result.custom_id == cid), cid
@@ -209,3 +234,50 @@ def test_a_lost_create_whose_batch_is_listed_but_not_yet_retrievable_is_adopted_
         assert server.sim.faults.get("create:dropped", 0) >= 1
     assert result["by_status"] == {"complete": 1}
     assert len(created) == 1  # adopted once visible: never sent again
+
+
+@pytest.mark.sim_env(LONGBATCH_SIM_ERRORED_RATE="0.3", LONGBATCH_SIM_SEED="11")
+def test_two_data_dirs_and_two_runs_each_on_one_database(tmp_path, corpus, standalone_simulator, shared_ledger):
+    """Issue 11: two data dirs on one ledger database, two runs of each at once, 30 % of requests
+    errored (retried): every run exits 0, each data dir's reports are in it and only it, and no
+    request succeeds twice on the server."""
+    url, state = standalone_simulator
+    database = shared_ledger or f"sqlite:///{tmp_path / 'shared.sqlite'}"
+    dirs = {name: tmp_path / name for name in ("A", "B")}
+    for name, d in dirs.items():
+        (d / "inbox").mkdir(parents=True)
+        for i in range(5):
+            (d / "inbox" / f"doc_{i:02d}.txt").write_text(f"{name} document {i}. " + PROSE, encoding="utf-8")
+    shutil.copy(corpus / "text/sec_10k_apple.md", dirs["A"] / "inbox" / "apple.md")
+    shutil.copy(corpus / "text/sec_10k_apple.md", dirs["B"] / "inbox" / "apple.md")  # the same file in both
+    runs = [d for d in dirs.values() for _ in range(2)]
+    procs: list[subprocess.CompletedProcess] = []
+    barrier = threading.Barrier(len(runs))
+
+    def start(d: Path) -> None:
+        barrier.wait()
+        procs.append(subprocess.run(
+            [*longbatch_cmd(), "run", "--data-dir", str(d), "--max-output-tokens", "2000", "--max-attempts", "10"],
+            capture_output=True, text=True, timeout=600, env=crash_env(url, LONGBATCH_DATABASE_URL=database)))
+
+    threads = [threading.Thread(target=start, args=(d,)) for d in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [p.returncode for p in procs] == [0] * 4, [p.stderr[-2000:] for p in procs]
+    succeeded = succeeded_per_custom_id(state)
+    assert max(succeeded.values()) <= 2 and sum(1 for v in succeeded.values() if v == 2) <= 1, succeeded
+    for name, d in dirs.items():
+        summary = assert_every_document_settled(d)
+        assert sorted(summary["source"]) == ["apple.md"] + [f"doc_{i:02d}.txt" for i in range(5)]
+        assert set(summary["status"]) == {"complete"}, summary[["source", "status", "reason"]].to_string()
+        reports = sorted((d / "reports").glob("*/*/report.json"))
+        assert len(reports) == 6
+        for path in reports:  # each report was made from this data dir's own file
+            meta = json.loads(path.read_text())
+            assert meta["source_sha256"] == hashlib.sha256((d / "inbox" / meta["source"]).read_bytes()).hexdigest()
+    # Each data dir paid once for each of its documents: apple.md, in both, was sent by each.
+    apple = [c for c in succeeded if c.startswith("apple")]
+    assert len(apple) == 1 and succeeded[apple[0]] == 2
+    assert sum(succeeded.values()) == 12 and len(succeeded) == 11

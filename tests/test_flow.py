@@ -11,6 +11,8 @@ import pytest
 
 from flows.process import RunParameters, collect_batches, process_documents
 from longbatch.errors import BudgetExceededError
+from longbatch.ledger import Ledger
+from longbatch.settings import Settings
 
 
 @pytest.fixture(autouse=True)
@@ -19,6 +21,20 @@ def fast_polling(monkeypatch):
     monkeypatch.setenv("LONGBATCH_POLL_MAX_SECONDS", "0.3")
     monkeypatch.setenv("LONGBATCH_SIM_PROCESSING_SECONDS", "0.3")  # for --simulate runs
     monkeypatch.setenv("LONGBATCH_SIM_OUTPUT_TOKENS", "600")
+
+
+@pytest.fixture(autouse=True)
+def shared_ledger(ledger_url, monkeypatch):
+    """Every test here runs twice: on each data dir's own SQLite ledger, then with every data dir
+    of the test on one PostgreSQL database (each in its own scope)."""
+    if ledger_url:
+        monkeypatch.setenv("LONGBATCH_DATABASE_URL", ledger_url)
+    return ledger_url
+
+
+def open_ledger(data_dir: Path) -> Ledger:
+    """The ledger a run on `data_dir` uses (SQLite there, or the shared database)."""
+    return Ledger.open(Settings.given(data_dir=data_dir))
 
 
 @pytest.fixture
@@ -241,9 +257,8 @@ def test_model_facts_come_from_the_models_api_when_online(data_dir, corpus, monk
 def ledger_inputs(data_dir: Path) -> list[dict]:
     from dataclasses import asdict
 
-    from longbatch.ledger import Ledger
 
-    ledger = Ledger.for_data_dir(data_dir)
+    ledger = open_ledger(data_dir)
     try:
         return [{**asdict(u.result), "source": u.source} for u in ledger.usage_rows()]
     finally:
@@ -269,19 +284,18 @@ def test_retired_model_is_refused_with_its_replacement(data_dir, monkeypatch):
 def test_changed_output_budget_supersedes_unsent_work(data_dir, api):
     write(data_dir / "inbox", "a.txt", PROSE)
     from flows.planning import build_plan
-    from longbatch.ledger import Ledger
     from tasks.claim import claim_plan
 
     # An older plan's request, queued but never sent (say, a run stopped before submitting).
     old_params = RunParameters(data_dir=str(data_dir), max_output_tokens=1_000)
     old_plan, _ = build_plan(old_params.settings())
-    ledger = Ledger.for_data_dir(data_dir)
+    ledger = open_ledger(data_dir)
     claim_plan(ledger, old_plan)
     ledger.close()
     process_documents(RunParameters(data_dir=str(data_dir), max_output_tokens=2_000))
     sent = [cid for _, ids in api.sim.create_log for cid in ids]
     assert len(sent) == 1  # only the current plan's request went out
-    ledger = Ledger.for_data_dir(data_dir)
+    ledger = open_ledger(data_dir)
     old = ledger.request(old_plan.requests[0].fingerprint)
     ledger.close()
     assert old.state == "failed" and old.error_type == "superseded"
@@ -294,4 +308,27 @@ def test_run_drops_the_retired_context_1m_beta(data_dir, api):
                                     betas=["context-1m-2025-08-07", "some-feature-2026-01-01"]))
     [batch_id] = [b for b, _ in api.sim.create_log]
     assert api.sim.batch_betas[batch_id] == ("some-feature-2026-01-01",)
+    assert read_summary(data_dir)["a.txt"]["status"] == "complete"
+
+
+def test_rows_from_before_projects_are_out_of_sight_and_nothing_paid_for_is_resent(data_dir, api, shared_ledger):
+    """An existing shared ledger migrated to schema 6: its rows get the empty scope, which no data
+    dir on a shared ledger uses. The data dir's reports tell what was paid for: nothing is resent."""
+    if not shared_ledger:
+        pytest.skip("about a shared (PostgreSQL) ledger")
+    import sqlalchemy as sa
+
+    write(data_dir / "inbox", "a.txt", PROSE)
+    params = RunParameters(data_dir=str(data_dir), max_output_tokens=2_000)
+    process_documents(params)
+    engine = sa.create_engine(shared_ledger)
+    with engine.begin() as conn:  # as the schema 5 -> 6 migration leaves a pre-project ledger
+        for table in ("plan_rows", "requests", "reductions", "batches", "results"):
+            conn.execute(sa.text(f"UPDATE {table} SET scope = ''"))
+    engine.dispose()
+    ledger = open_ledger(data_dir)
+    assert ledger.is_empty() and ledger.plan() == []  # the old rows are nobody's
+    ledger.close()
+    process_documents(params)
+    assert len(api.sim.create_log) == 1, "what the reports show was paid for is not sent again"
     assert read_summary(data_dir)["a.txt"]["status"] == "complete"
