@@ -106,7 +106,10 @@ def _pdfium_pages(data: bytes) -> _Extracted:
         blank = 0
         unmapped: list[int] = []
         for index in range(len(pdf)):
-            page = pdf[index]
+            try:
+                page = pdf[index]
+            except pdfium.PdfiumError:  # a broken page tree (a circular one, say): let pypdf judge the file
+                raise _PdfiumRefused(f"page {index + 1} cannot be loaded") from None
             try:
                 textpage = page.get_textpage()
                 chars = pdfium_c.FPDFText_CountChars(textpage)

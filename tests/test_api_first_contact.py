@@ -252,7 +252,10 @@ def test_a_refused_key_says_check_the_key(tmp_path, standalone_simulator):
     url, state = standalone_simulator
     data_dir = memo_data_dir(tmp_path)
     env = cli_env(ANTHROPIC_BASE_URL=url, ANTHROPIC_API_KEY=SECRET)
-    for command in ("run", "plan", "collect"):
+    for command in ("run", "plan", "collect"):  # collect is asked after the refused run left work pending
+        if command == "collect":
+            Ledger.for_data_dir(data_dir).claim(NewRequest("f" * 64, "memo--report", "memo", "memo.txt", "0" * 64,
+                                                           "report", "claude-sonnet-4-6", 1000, ()))
         proc = run_cli(command, "--data-dir", str(data_dir), *(["--exact-count"] if command == "plan" else []),
                        env=env)
         assert proc.returncode == 2, (command, proc.stderr[-2000:])

@@ -81,7 +81,8 @@ def test_a_run_publishes_table_summary_and_a_final_message(data_dir):
         list(zip(summary["source"], summary["prompt"], summary["status"], strict=True))
     by_doc = {r["document"]: r for r in rows}
     assert by_doc["minutes.txt"]["report"].startswith("reports/") and by_doc["minutes.txt"]["cost_usd"] > 0
-    assert by_doc["minutes.txt"]["model"] == "claude-sonnet-4-6" and by_doc["minutes.txt"]["output_tokens"] == 600
+    # A simulated report ends on a whole line: at most the 600 tokens the simulator was asked for.
+    assert by_doc["minutes.txt"]["model"] == "claude-sonnet-4-6" and 500 < by_doc["minutes.txt"]["output_tokens"] <= 600
     assert by_doc["broken.pdf"]["reason"] and by_doc["broken.pdf"]["cost_usd"] is None
 
     md = found["markdown"]
