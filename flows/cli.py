@@ -66,6 +66,8 @@ def _planning(p: argparse.ArgumentParser) -> None:
                    help="text (default): send the text extracted from each PDF; native: send the PDF itself as a "
                         "document block, so the model sees tables, figures and layout (costs image tokens per "
                         "page; split into page ranges over 600 pages (100 below a 1M window) or 32 MB)")
+    p.add_argument("--cache", choices=["auto", "off"],
+                   help="prompt caching of documents several prompts read (default: LONGBATCH_CACHE, else auto)")
     p.add_argument("--exact-count", action="store_true", default=None,
                    help="count every document with the API's count_tokens (free), not only those whose "
                         "local estimate is too close to a limit to decide")
@@ -178,7 +180,8 @@ def _planning_values(args: argparse.Namespace) -> dict[str, Any]:
     and the defaults in longbatch/settings.py."""
     return {"data_dir": args.data_dir, "inbox": args.inbox, "model": args.model, "prompts": args.prompts,
             "max_output_tokens": args.max_output_tokens, "min_output_tokens": args.min_output_tokens,
-            "betas": args.betas, "pdf_mode": args.pdf_mode, "exact_count": args.exact_count}
+            "betas": args.betas, "pdf_mode": args.pdf_mode, "exact_count": args.exact_count,
+            "cache": args.cache}
 
 
 def _preflight(settings: Any) -> None:

@@ -36,6 +36,7 @@ class RunParameters(BaseModel):
     exact_count: bool | None = _described("exact_count")
     betas: list[str] | None = _described("betas")
     pdf_mode: Literal["text", "native"] | None = _described("pdf_mode")
+    cache: Literal["auto", "off"] | None = _described("cache")
 
     def settings(self) -> Settings:
         return Settings.given(**self.model_dump())

@@ -23,7 +23,7 @@ from tasks.fit import OutputBudget
 from tasks.ingest import Document, IngestFailure
 from tasks.native import NATIVE_MAX_BYTES, page_costs, page_limit
 from tasks.packing import MAX_BODY_BYTES, BatchPlan, pack
-from tasks.policy import PlanPolicy
+from tasks.policy import PlanPolicy, shares_prefixes
 from tasks.prompts import SYSTEM_PROMPT, Prompt
 from tasks.split_plan import plan_split
 
@@ -58,7 +58,7 @@ def plan_for(items: list[Document | IngestFailure], prompts: list[Prompt], model
              exact_counts: Mapping[str, int] | None = None) -> Plan:
     """The plan these settings make of these documents."""
     return make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens, exact_counts,
-                     normalize_betas(settings.betas)[0], settings.pdf_mode)
+                     normalize_betas(settings.betas)[0], settings.pdf_mode, settings.cache)
 
 
 def make_plan(
@@ -70,12 +70,13 @@ def make_plan(
     exact_counts: Mapping[str, int] | None = None,
     extra_betas: tuple[str, ...] = (),
     pdf_mode: str = "text",
+    cache: str = "auto",
 ) -> Plan:
     """`exact_counts` (count_key -> count_tokens' input tokens) replace the local estimate
     for the documents they cover; `extra_betas` go on every batch (see normalize_betas);
     `pdf_mode` "native" sends PDFs as document blocks (see tasks/native.py)."""
     policy = PlanPolicy(OutputBudget(model, requested_output, min_output), extra_betas, pdf_mode,  # type: ignore[arg-type]
-                        exact_counts or {})
+                        exact_counts or {}, cache_prefixes=shares_prefixes(cache, len(prompts)))
     rows: list[PlanRow] = []
     ready: list[tuple[int, PlannedRequest]] = []
     reductions: list[StepRecipe] = []
@@ -131,13 +132,15 @@ def plan_whole(doc: Document, prompt: Prompt, policy: PlanPolicy) -> tuple[PlanR
         refusal = (f"{len(doc.pages)} pages: one native PDF request takes at most {limit} pages on {model.id}"
                    if len(doc.pages) > limit else None)
         return _fit_whole(doc, prompt, policy, count_key(model.id, doc, prompt, native=True), est,
-                          lambda grant: build_native_request(doc, prompt, model, grant, policy.extra_betas),
+                          lambda grant: build_native_request(doc, prompt, model, grant, policy.extra_betas,
+                                                             policy.cache_prefixes),
                           NATIVE_MAX_BYTES, refusal)
     # The document body was counted once at ingest; count only what wraps it here.
     wrapper = render_user_message(dataclasses.replace(doc, body=""), prompt, model.max_batch_output)
     cl100k = doc.body_cl100k + cl100k_count(SYSTEM_PROMPT) + cl100k_count(wrapper)
     return _fit_whole(doc, prompt, policy, count_key(model.id, doc, prompt), estimate_from_cl100k(cl100k, model.tokenizer),
-                      lambda grant: build_request(doc, prompt, model, grant, policy.extra_betas), MAX_BODY_BYTES)
+                      lambda grant: build_request(doc, prompt, model, grant, policy.extra_betas, policy.cache_prefixes),
+                      MAX_BODY_BYTES)
 
 
 def _fit_whole(doc: Document, prompt: Prompt, policy: PlanPolicy, key: str, est: TokenEstimate,

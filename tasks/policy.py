@@ -18,6 +18,8 @@ class PlanPolicy:
     pdf_mode: PdfMode = "text"
     # count_key -> count_tokens' input tokens, replacing the estimate for what they cover
     exact_counts: Mapping[str, int] = field(default_factory=dict)
+    # Put a cache breakpoint after each document: several prompts read it (longbatch/cache.py).
+    cache_prefixes: bool = False
 
     @property
     def model(self) -> ModelSpec:
@@ -26,3 +28,9 @@ class PlanPolicy:
     def mode_for(self, doc: Document) -> PdfMode:
         """Native mode applies to PDFs only."""
         return "native" if self.pdf_mode == "native" and doc.kind == "pdf" else "text"
+
+
+def shares_prefixes(cache: str, prompts: int) -> bool:
+    """Breakpoints pay when a document is read by more than one prompt: a cache write costs 2x
+    the input (1 h TTL) and only a later read (0.1x) earns it back. `cache` is Settings.cache."""
+    return cache != "off" and prompts >= 2
