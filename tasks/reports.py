@@ -12,7 +12,8 @@ from typing import Any
 
 import pandas as pd
 
-from longbatch.catalog import batch_cost_usd, get_model
+from longbatch.cache import batch_cost_usd as cached_cost_usd
+from longbatch.catalog import get_model
 from longbatch.fsutil import atomic_write_text, slugify
 from longbatch.ledger import Ledger
 from longbatch.piece import Piece, PieceKind, StepLinks, stored_meta
@@ -53,8 +54,7 @@ def _coverage(links: StepLinks) -> str:
 def outcome_cost(outcome: Outcome) -> float:
     if outcome.result_type != "succeeded" or not outcome.model:
         return 0.0  # errored, canceled and expired requests are not billed
-    return batch_cost_usd(get_model(outcome.model), outcome.input_tokens, outcome.output_tokens,
-                          outcome.cache_creation_tokens, outcome.cache_read_tokens)
+    return cached_cost_usd(get_model(outcome.model), outcome.usage)
 
 
 def banner(outcome: Outcome, max_tokens: int) -> str:

@@ -19,6 +19,8 @@ from anthropic.types.beta.messages import (
     BetaMessageBatchSucceededResult,
 )
 
+from longbatch.cache import CachedUsage
+
 TRUNCATING_STOPS = {"max_tokens", "model_context_window_exceeded"}
 # Errors that will fail the same way again: fix the request, never resend it as is.
 PERMANENT_ERRORS = {"invalid_request_error", "authentication_error", "permission_error", "not_found_error",
@@ -39,6 +41,13 @@ class Outcome:
     cache_read_tokens: int = 0
     error_type: str | None = None
     error_message: str | None = None
+    cache_write_1h_tokens: int = 0  # the part of cache_creation_tokens written with the 1 h TTL
+
+    @property
+    def usage(self) -> CachedUsage:
+        """Its tokens by how they are billed."""
+        return CachedUsage(self.input_tokens, self.output_tokens, self.cache_creation_tokens - self.cache_write_1h_tokens,
+                           self.cache_write_1h_tokens, self.cache_read_tokens)
 
     @property
     def truncated(self) -> bool:
@@ -69,6 +78,9 @@ def to_outcome(line: bytes | str) -> Outcome:
                 input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                 cache_creation_tokens=usage.cache_creation_input_tokens or 0,
                 cache_read_tokens=usage.cache_read_input_tokens or 0,
+                # Without the breakdown the TTL is unknown: counted at the 1 h rate, the higher.
+                cache_write_1h_tokens=(usage.cache_creation.ephemeral_1h_input_tokens if usage.cache_creation
+                                       else usage.cache_creation_input_tokens or 0),
             )
         case BetaMessageBatchErroredResult(error=err):
             return Outcome(cid, "errored", error_type=err.error.type, error_message=err.error.message)
