@@ -19,9 +19,11 @@ is Anthropic's, with the page it is from:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from longbatch.catalog import ALIASES, BATCH_DISCOUNT, ModelSpec
+from longbatch.catalog import ALIASES, BATCH_DISCOUNT, BUILTIN_MODELS, ModelSpec
+from longbatch.records import ResultRecord
 
 TTL = "1h"
 BREAKPOINT = {"type": "ephemeral", "ttl": TTL}
@@ -124,3 +126,20 @@ def saving_from_billed(spec: ModelSpec, input_tokens: int, output_tokens: int, c
     """The saving of a recorded result: the uncached price of its tokens less what was billed
     (the ledger keeps the billed cost, computed at the right TTL rates when it was collected)."""
     return uncached_cost_usd(spec, CachedUsage(input_tokens + cache_write + cache_read, output_tokens)) - billed_usd
+
+
+def cache_figures(model_id: str, results: Iterable[ResultRecord]) -> tuple[float | None, float]:
+    """Hit rate (share of input read from the cache; None when nothing was billed) and dollars
+    saved over the succeeded results of one model's requests."""
+    spec = BUILTIN_MODELS.get(ALIASES.get(model_id, model_id))
+    all_input = read = 0
+    saved = 0.0
+    for r in results:
+        if r.result_type != "succeeded":
+            continue  # not billed
+        all_input += (r.input_tokens or 0) + (r.cache_creation_tokens or 0) + (r.cache_read_tokens or 0)
+        read += r.cache_read_tokens or 0
+        if spec is not None:
+            saved += saving_from_billed(spec, r.input_tokens or 0, r.output_tokens or 0, r.cache_creation_tokens or 0,
+                                        r.cache_read_tokens or 0, r.cost_usd or 0.0)
+    return (read / all_input if all_input else None), saved
