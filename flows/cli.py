@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-wait", action="store_true", help="submit and return; `longbatch collect` finishes")
     run.add_argument("--budget-usd", type=float, help="refuse to submit if the run could cost more than this")
     run.add_argument("--max-attempts", type=int,
-                     help="tries per request for expired, canceled or transient errors (default: 3)")
+                     help="tries per request for expired or transiently failed requests (default: 3)")
+    run.add_argument("--resend-canceled", action="store_true", default=None,
+                     help="send again the requests whose batch the user canceled (never done unasked)")
 
     plan = sub.add_parser("plan", help="everything up to submission, nothing sent: sizes, tokens, fit, cost",
                           description="Show, per document and prompt, its size, estimated tokens, whether it "
@@ -120,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--wait", action="store_true", help="wait until every pending batch has ended")
     collect.add_argument("--inbox", type=Path,
                          help="where the documents are, to rebuild retried requests (default: DATA_DIR/inbox)")
+    collect.add_argument("--resend-canceled", action="store_true",
+                         help="send again the requests whose batch the user canceled (never done unasked)")
+
+    cancel = sub.add_parser("cancel", help="cancel batches in flight; what they had not run is never resent unasked",
+                            description="Cancel the named batches (see `longbatch status`), or with --all every "
+                                        "batch in flight and the requests still queued. Results that finished "
+                                        "before the cancel are collected and reported; the rest end as "
+                                        "'canceled by user' and are sent again only with --resend-canceled.")
+    _common(cancel)
+    cancel.add_argument("batch_ids", nargs="*", metavar="BATCH_ID", help="msgbatch_... or the ledger's lb_... id")
+    cancel.add_argument("--all", action="store_true", dest="all_in_flight", help="every batch in flight")
+    cancel.add_argument("--simulate", action="store_true", default=None, help="talk to the built-in simulator")
 
     status = sub.add_parser("status", help="pending batches and requests")
     _common(status)
@@ -209,7 +223,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in _planning_values(args).items()}
     params = RunParameters(**values, wait=False if args.no_wait else None, simulate=args.simulate,
-                           budget_usd=args.budget_usd, max_attempts=args.max_attempts)
+                           budget_usd=args.budget_usd, max_attempts=args.max_attempts,
+                           resend_canceled=args.resend_canceled)
     settings = params.settings()
     _preflight(settings)
     from flows.process import process_documents
@@ -291,7 +306,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     settings = Settings.given(data_dir=args.data_dir, simulate=args.simulate, inbox=args.inbox)
     check_api_access(settings)
     result = collect_batches(data_dir=str(settings.data_dir), simulate=settings.simulate, wait=args.wait,
-                             inbox=str(args.inbox) if args.inbox else None)
+                             inbox=str(args.inbox) if args.inbox else None, resend_canceled=args.resend_canceled)
     _print_summary(Path(result["summary_csv"]), settings.data_dir)
     return 0
 
@@ -395,8 +410,17 @@ def _print_summary(path: Path, data_dir: Path) -> None:
           f"table in {path}.")
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from flows.cancel import cancel_batches
+
+    result = cancel_batches(args.batch_ids, args.all_in_flight, str(args.data_dir) if args.data_dir else None,
+                            args.simulate)
+    print("\n".join(result["lines"]))
+    return 1 if result["failed"] else 0
+
+
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "collect": cmd_collect, "status": cmd_status,
-            "usage": cmd_usage, "simulator": cmd_simulator}
+            "usage": cmd_usage, "simulator": cmd_simulator, "cancel": cmd_cancel}
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ class RunParameters(BaseModel):
     betas: list[str] | None = _described("betas")
     pdf_mode: Literal["text", "native"] | None = _described("pdf_mode")
     cache: Literal["auto", "off"] | None = _described("cache")
+    resend_canceled: bool | None = _described("resend_canceled")
 
     def settings(self) -> Settings:
         return Settings.given(**self.model_dump())

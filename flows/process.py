@@ -17,6 +17,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
+from flows.cancel import resend_canceled as resend_canceled_requests
 from flows.parameters import RunParameters
 from longbatch.api import check_api_access, model_from_api, open_api
 from longbatch.catalog import ModelSpec, get_model, normalize_betas
@@ -218,6 +219,8 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
             failpoint("after-plan")
             check_budget(plan, ledger, settings.budget_usd)
             claim_plan(ledger, plan)
+            if settings.resend_canceled:
+                resend_canceled_requests(ledger)  # issue 12: only when asked
             reconcile_task(client, ledger, settings)
             submit_until_settled(client, ledger, plan.requests, settings)
             if settings.wait:
@@ -235,6 +238,7 @@ def collect_batches(
     wait: bool = False,
     max_attempts: Annotated[int | None, Field(ge=1, le=10)] = None,
     inbox: str | None = None,
+    resend_canceled: bool = False,
 ) -> dict[str, Any]:
     """Look at every pending batch, assemble what ended, resubmit what may be retried (rebuilt
     from the inbox), and with `wait` go on until nothing is pending.
@@ -245,12 +249,15 @@ def collect_batches(
         wait: Wait until every pending batch has ended.
         max_attempts: Tries per request before giving up on it. Empty: LONGBATCH_MAX_ATTEMPTS if set, else 3.
         inbox: Where the documents are, to rebuild retried requests. Empty: the data directory's inbox/.
+        resend_canceled: Send again the requests whose batch the user canceled (never done unasked).
     """
     settings = Settings.given(data_dir=data_dir, simulate=simulate, max_attempts=max_attempts, inbox=inbox)
     check_api_access(settings)
     ledger = Ledger.open(settings)
     try:
         with open_api(settings) as client:
+            if resend_canceled:
+                resend_canceled_requests(ledger)  # issue 12: only when asked
             reconcile_task(client, ledger, settings)
             submit_until_settled(client, ledger, queued_requests(ledger, settings.inbox_dir, settings.data_dir),
                                  settings)

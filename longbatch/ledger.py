@@ -24,11 +24,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from longbatch.piece import Piece, StepLinks, stored_meta
-from longbatch.records import (CREATE_FAILED, SUPERSEDED, BatchRecord, BatchState, NewRequest, PlanRecord, PlanRow,
+from longbatch.records import (CANCELED_BY_USER, CREATE_FAILED, SUPERSEDED, BatchRecord, BatchState, NewRequest, PlanRecord, PlanRow,
                                PlanStatus, RequestRecord, RequestState, ResultRecord, StepRecipe, StepRecord,
                                StepState, UsageRecord)
 from longbatch.schema import (SCHEMA_VERSION, batch_members, batches, default_url, open_engine, plan_rows,
                               reductions, requests, results, token_counts)
+from longbatch.runs import current_run_id
 from longbatch.settings import Settings
 
 __all__ = ["SCHEMA_VERSION", "BatchRecord", "Ledger", "default_url"]
@@ -301,7 +302,7 @@ class Ledger:
         won: list[str] = []
         with self.tx() as conn:
             conn.execute(batches.insert().values(id=batch_id, state=BatchState.INTENT, betas=",".join(betas),
-                                                 request_count=0, intent_at=now))
+                                                 request_count=0, intent_at=now, run_id=current_run_id()))
             for custom_id, fp in members:
                 taken = conn.execute(
                     requests.update()
@@ -414,7 +415,57 @@ class Ledger:
             upsert(conn, token_counts, ("key",), dict(key=key, input_tokens=input_tokens, counted_at=time.time()))
 
     def usage_rows(self) -> list[UsageRecord]:
+        """Every result with its request's model, source and prompt, and the run of its batch."""
         with self.tx() as conn:
-            q = sa.select(results, requests.c.model, requests.c.source, requests.c.prompt).join(
-                requests, requests.c.fingerprint == results.c.fingerprint)
-            return [UsageRecord(_result(r), r["model"], r["source"], r["prompt"]) for r in conn.execute(q).mappings()]
+            q = sa.select(results, requests.c.model, requests.c.source, requests.c.prompt, batches.c.run_id).join(
+                requests, requests.c.fingerprint == results.c.fingerprint).outerjoin(
+                batches, batches.c.api_id == results.c.batch_id)
+            rows = list(conn.execute(q).mappings())
+            run_ids = sorted({r["run_id"] for r in rows if r["run_id"]})
+            started = dict(conn.execute(sa.select(batches.c.run_id, sa.func.min(batches.c.intent_at))
+                                        .where(batches.c.run_id.in_(run_ids)).group_by(batches.c.run_id)).all())
+            return [UsageRecord(_result(r), r["model"], r["source"], r["prompt"], r["run_id"],
+                                started.get(r["run_id"])) for r in rows]
+
+    # -- cancel (issue 12) ------------------------------------------------------------------------
+
+    def record_cancel(self, batch_id: str) -> None:
+        """The user canceled this batch (recorded before the API is asked, so a collect never
+        sees the canceled results without it)."""
+        with self.tx() as conn:
+            conn.execute(batches.update().where((batches.c.id == batch_id) & batches.c.canceled_at.is_(None))
+                         .values(canceled_at=time.time()))
+
+    def canceled_batches(self) -> set[str]:
+        """Our ids of the batches the user canceled."""
+        with self.tx() as conn:
+            return set(conn.execute(sa.select(batches.c.id).where(batches.c.canceled_at.is_not(None))).scalars())
+
+    def cancel_queued(self, message: str) -> list[str]:
+        """Queued requests (not yet in any batch) set aside as canceled by the user; each only
+        if still queued, so a request a concurrent run is sending is left to its batch."""
+        done = []
+        with self.tx() as conn:
+            for fp in conn.execute(sa.select(requests.c.fingerprint)
+                                   .where(requests.c.state == RequestState.QUEUED)).scalars().all():
+                if conn.execute(requests.update().where(
+                        (requests.c.fingerprint == fp) & (requests.c.state == RequestState.QUEUED))
+                        .values(state=RequestState.FAILED, error_type=CANCELED_BY_USER, error_message=message,
+                                updated_at=time.time())).rowcount:
+                    done.append(fp)
+        return done
+
+    def requeue_canceled(self) -> list[str]:
+        """`--resend-canceled`: requests the user canceled go back to queued (each once)."""
+        with self.tx() as conn:
+            fps = conn.execute(sa.select(requests.c.fingerprint).where(
+                (requests.c.state == RequestState.FAILED) & (requests.c.error_type == CANCELED_BY_USER))).scalars().all()
+            done = []
+            for fp in fps:
+                if conn.execute(requests.update().where(
+                        (requests.c.fingerprint == fp) & (requests.c.state == RequestState.FAILED)
+                        & (requests.c.error_type == CANCELED_BY_USER))
+                        .values(state=RequestState.QUEUED, error_type=None, error_message=None,
+                                updated_at=time.time())).rowcount:
+                    done.append(fp)
+            return done

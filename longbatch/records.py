@@ -11,6 +11,9 @@ States and their transitions are written down here, once:
     batch     intent ──> submitted ──> ended ──> collected
                  └──> failed (never created) | unknown (outcome unheard) ──> submitted (found) | failed
     step      waiting ──> built (its request claimed) | failed (a part failed for good)
+
+    A request whose batch the user canceled ends failed (canceled_by_user); only
+    `--resend-canceled` moves it back to queued.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ CREATE_FAILED = "create_failed"  # the create was refused: the request never rea
 SUPERSEDED = "superseded"  # a newer plan of the same document and prompt replaced it
 NOT_REBUILDABLE = "not_rebuildable"  # its document or prompt changed before it could be sent
 MISSING_RESULT = "missing_result"  # its batch ended without a line for it
+# Its batch was canceled (longbatch never cancels on its own: a person did, with `longbatch
+# cancel` or in the Console). Never resent unasked: `--resend-canceled` queues it again.
+CANCELED_BY_USER = "canceled_by_user"
 
 
 class PlanStatus(StrEnum):
@@ -226,11 +232,14 @@ class ResultRecord:
 
 @dataclass(frozen=True)
 class UsageRecord:
-    """A result with the model, document and prompt it was for (`longbatch usage`)."""
+    """A result with the model, document and prompt it was for (`longbatch usage`), and the run
+    that sent it (None for results older than schema 6)."""
     result: ResultRecord
     model: str
     source: str
     prompt: str
+    run_id: str | None = None
+    run_started_at: float | None = None
 
 
 @dataclass(frozen=True)

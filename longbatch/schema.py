@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from longbatch.errors import ConfigError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 metadata = sa.MetaData()
 
@@ -95,6 +95,10 @@ batches = sa.Table(
     # Found on the server after an unconfirmed create (schema 2): its custom_ids are checked
     # against ours when its results arrive.
     sa.Column("adopted", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Schema 6: the run (Prefect flow run, else the process) that created it, for `longbatch
+    # usage`; and when the user canceled it (`longbatch cancel`).
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("canceled_at", sa.Float),
 )
 
 batch_members = sa.Table(
@@ -166,7 +170,13 @@ def _v4_to_v5(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5}
+def _v5_to_v6(conn: Connection) -> None:
+    """Batches say which run made them and when the user canceled them."""
+    conn.execute(sa.text("ALTER TABLE batches ADD COLUMN run_id VARCHAR(64)"))
+    conn.execute(sa.text("ALTER TABLE batches ADD COLUMN canceled_at FLOAT"))
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
 
 
 # count_tokens answers, cached by what was counted (schema 3): free, but rate-limited.

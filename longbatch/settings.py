@@ -49,8 +49,10 @@ class Settings(BaseSettings):
     simulate: bool = Field(False, description="Use the built-in local simulator instead of the Anthropic API.")
     wait: bool = Field(True, description="Wait for the batches and write reports; off = submit and return "
                                          "(the collector finishes).")
-    max_attempts: int = Field(3, ge=1, le=10, description="Tries per request for expired, canceled and "
-                                                          "transiently failed requests.")
+    max_attempts: int = Field(3, ge=1, le=10, description="Tries per request for expired and transiently failed "
+                                                          "requests.")
+    resend_canceled: bool = Field(False, description="Send again the requests whose batch the user canceled "
+                                                     "(never done unasked).")
 
     # Where things are.
     database_url: str | None = Field(

@@ -18,7 +18,7 @@ from longbatch.catalog import get_model
 from longbatch.fsutil import atomic_write_text, slugify
 from longbatch.ledger import Ledger
 from longbatch.piece import Piece, PieceKind, StepLinks, stored_meta
-from longbatch.records import PlanRecord, RequestRecord, RequestState, StepState
+from longbatch.records import CANCELED_BY_USER, PlanRecord, RequestRecord, RequestState, StepState
 from tasks.results import Outcome
 
 
@@ -214,6 +214,8 @@ def _request_status(ledger: Ledger, fingerprint: str, data_dir: Path) -> dict[st
             out.update(status="truncated", reason=f"output stopped early: {result.stop_reason}")
         else:
             out.update(status="complete", reason=None)
+    elif req.state == RequestState.FAILED and req.error_type == CANCELED_BY_USER:
+        out.update(status="canceled", reason=req.error_message)
     elif req.state == RequestState.FAILED:
         out.update(status="failed", reason=f"{req.error_type}: {req.error_message}")
     else:  # queued, submitting, submitted, retryable

@@ -20,7 +20,10 @@ from anthropic.types.beta.messages import (
 )
 
 from longbatch.cache import CachedUsage
+from longbatch.records import CANCELED_BY_USER
 
+CANCELED_MESSAGE = ("canceled by user: its batch was canceled before it ran; `longbatch collect --resend-canceled` "
+                    "sends it again")
 TRUNCATING_STOPS = {"max_tokens", "model_context_window_exceeded"}
 # Errors that will fail the same way again: fix the request, never resend it as is.
 PERMANENT_ERRORS = {"invalid_request_error", "authentication_error", "permission_error", "not_found_error",
@@ -59,8 +62,9 @@ class Outcome:
 
     @property
     def retryable(self) -> bool:
-        """Not billed and may succeed if sent again."""
-        if self.result_type in ("canceled", "expired"):
+        """Not billed and may succeed if sent again. Canceled requests are not: longbatch never
+        cancels on its own, so a person stopped them (`--resend-canceled` sends them again)."""
+        if self.result_type == "expired":
             return True
         return self.result_type == "errored" and self.error_type not in PERMANENT_ERRORS
 
@@ -85,7 +89,7 @@ def to_outcome(line: bytes | str) -> Outcome:
         case BetaMessageBatchErroredResult(error=err):
             return Outcome(cid, "errored", error_type=err.error.type, error_message=err.error.message)
         case BetaMessageBatchCanceledResult():
-            return Outcome(cid, "canceled", error_message="the batch was canceled before this request ran")
+            return Outcome(cid, "canceled", error_type=CANCELED_BY_USER, error_message=CANCELED_MESSAGE)
         case BetaMessageBatchExpiredResult():
             return Outcome(cid, "expired", error_message="the batch reached its 24-hour limit before this request ran")
     raise ValueError(f"unknown result type in line for {cid}")
