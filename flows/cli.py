@@ -137,8 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="pending batches and requests")
     _common(status)
-    usage = sub.add_parser("usage", help="tokens and money spent, from the ledger")
+    usage = sub.add_parser("usage", help="tokens and money spent, from the ledger",
+                           description="Tokens and dollars billed, per day, model, prompt and run, with the cache "
+                                       "hit rate and what prompt caching saved.")
     _common(usage)
+    usage.add_argument("--by", default="day,model,prompt,run", metavar="GROUPS",
+                       help="comma-separated groups among day, model, prompt, run (default: all four)")
+    usage.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV to FILE")
 
     sim = sub.add_parser("simulator", help="run the local Batches API simulator as a server",
                          description="Serve the simulator on HOST:PORT. Point longbatch (or any Anthropic SDK) "
@@ -343,10 +348,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from dataclasses import asdict
-
+    from flows.usage import usage_report
     from longbatch.ledger import Ledger
     from longbatch.settings import Settings
 
@@ -354,18 +356,15 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if ledger is None:
         print(f"No ledger in {args.data_dir or 'the data directory'}: nothing spent.")
         return 0
-    frame = pd.DataFrame([{**asdict(u.result), "model": u.model, "source": u.source, "prompt": u.prompt}
-                          for u in ledger.usage_rows()])
-    ledger.close()
-    if frame.empty:
-        print("No results yet: nothing spent.")
-        return 0
-    billed = frame[frame["result_type"] == "succeeded"]
-    table = billed.groupby("model")[["input_tokens", "output_tokens", "cost_usd"]].sum()
-    table["requests"] = billed.groupby("model").size()
-    print(table.to_string(float_format=lambda v: f"{v:,.4f}"))
-    print(f"\nTotal: ${billed['cost_usd'].sum():,.4f} for {len(billed)} succeeded request(s); "
-          f"{len(frame) - len(billed)} unbilled (errored, canceled or expired).")
+    try:
+        records = ledger.usage_rows()
+    finally:
+        ledger.close()
+    try:
+        print(usage_report(records, args.by.split(","), args.csv))
+    except ValueError as exc:
+        print(f"longbatch: --by: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
 
 

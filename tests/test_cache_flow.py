@@ -56,3 +56,20 @@ def test_three_prompts_over_two_documents_read_the_document_from_the_cache(data_
     for source, rows in summary.groupby("source"):
         assert sorted(rows["cache_hit_rate"] > 0.9) == [False, True, True]
         assert rows["cache_saving_usd"].sum() > 0
+    # `longbatch usage` shows the same: by prompt, the writer's prompt loses, the readers' save.
+    from flows.usage import usage_frame, usage_report
+    from longbatch.ledger import Ledger
+
+    ledger = Ledger.for_data_dir(data_dir)
+    records = ledger.usage_rows()
+    ledger.close()
+    by_model = usage_frame(records, ["model"])
+    assert len(by_model) == 1 and by_model["requests"].iloc[0] == 6
+    assert 0.5 < by_model["cache_hit_rate"].iloc[0] < 0.7  # four of six requests read the document
+    assert by_model["cache_saving_usd"].iloc[0] == pytest.approx(summary["cache_saving_usd"].sum(), abs=1e-5)
+    assert by_model["cost_usd"].iloc[0] == pytest.approx(summary["cost_usd"].sum(), abs=1e-5)
+    by_all = usage_frame(records)
+    assert list(by_all.columns[:4]) == ["day", "model", "prompt", "run"] and by_all["run"].nunique() == 1
+    text = usage_report(records, ["day", "model"], data_dir / "usage.csv")
+    assert "prompt caching saved $" in text and "cache_hit_rate" in text
+    assert pd.read_csv(data_dir / "usage.csv")["requests"].sum() == 6
