@@ -66,8 +66,10 @@ def _planning(p: argparse.ArgumentParser) -> None:
                    help="text (default): send the text extracted from each PDF; native: send the PDF itself as a "
                         "document block, so the model sees tables, figures and layout (costs image tokens per "
                         "page; split into page ranges over 600 pages (100 below a 1M window) or 32 MB)")
-    p.add_argument("--cache", choices=["auto", "off"],
-                   help="prompt caching of documents several prompts read (default: LONGBATCH_CACHE, else auto)")
+    p.add_argument("--cache", choices=["auto", "prime", "off"],
+                   help="prompt caching of documents several prompts read: prime sends one request per document "
+                        "first and the others once it has ended; auto primes when that saves at least $0.10 more "
+                        "per document (default: LONGBATCH_CACHE, else auto)")
     p.add_argument("--exact-count", action="store_true", default=None,
                    help="count every document with the API's count_tokens (free), not only those whose "
                         "local estimate is too close to a limit to decide")

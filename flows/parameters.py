@@ -36,7 +36,7 @@ class RunParameters(BaseModel):
     exact_count: bool | None = _described("exact_count")
     betas: list[str] | None = _described("betas")
     pdf_mode: Literal["text", "native"] | None = _described("pdf_mode")
-    cache: Literal["auto", "off"] | None = _described("cache")
+    cache: Literal["auto", "prime", "off"] | None = _described("cache")
     resend_canceled: bool | None = _described("resend_canceled")
 
     def settings(self) -> Settings:

@@ -34,6 +34,7 @@ from tasks.counting import count_near_limits
 from tasks.ingest import Document, IngestFailure, discover, read_document
 from tasks.packing import pack
 from tasks.plan import Plan, plan_for
+from tasks.priming import release_primed
 from tasks.prompts import Prompt, load_prompts
 from tasks.rebuild import queued_requests
 from tasks.recover import recover_from_reports
@@ -161,9 +162,12 @@ def advance(client: anthropic.Anthropic, ledger: Ledger, settings: Settings,
     something was sent, so there is more to wait for."""
     collect_task(client, ledger, settings.data_dir)
     requeued = settle_retries(ledger, settings.max_attempts)
+    primed = release_primed(ledger)  # issue 12: requests held until their document's cache was primed
     combining = advance_reductions(ledger, settings.data_dir)
-    if not requeued and not combining:
+    if not requeued and not combining and not primed:
         return False
+    if primed:
+        get_run_logger().info("sending %d request(s) that read a document cached by an earlier one", len(primed))
     if requeued:
         get_run_logger().info("resubmitting %d request(s) that expired, were canceled or hit transient errors",
                               len(requeued))

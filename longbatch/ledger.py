@@ -48,7 +48,7 @@ def _request(r: Mapping[str, Any]) -> RequestRecord:
         r["fingerprint"], r["custom_id"], r["doc_id"], r["source"], r["sha256"], r["prompt"], r["model"],
         r["max_tokens"], _betas(r["betas"]), Piece.from_meta(meta), StepLinks.from_meta(meta),
         RequestState(r["state"]), r["attempts"], r["batch_id"], r["error_type"], r["error_message"],
-        r["created_at"], r["updated_at"])
+        r["created_at"], r["updated_at"], primer=r["primer"])
 
 
 def _result(r: Mapping[str, Any]) -> ResultRecord:
@@ -161,9 +161,10 @@ class Ledger:
                                           .where(requests.c.fingerprint.in_(chunk))).scalars())
         return found
 
-    def claim(self, req: NewRequest) -> bool:
-        """Record a new request as queued. True if this call created it; False if the same work
-        (same fingerprint) is already known, from an earlier run or a concurrent one."""
+    def claim(self, req: NewRequest, primer: str | None = None) -> bool:
+        """Record a new request as queued (held, when `primer` is the request that caches its
+        document first). True if this call created it; False if the same work (same
+        fingerprint) is already known, from an earlier run or a concurrent one."""
         now = time.time()
         meta = stored_meta(req.piece, req.links)
         try:
@@ -171,8 +172,9 @@ class Ledger:
                 conn.execute(requests.insert().values(
                     fingerprint=req.fingerprint, custom_id=req.custom_id, doc_id=req.doc_id, source=req.source,
                     sha256=req.sha256, prompt=req.prompt, model=req.model, max_tokens=req.max_tokens,
-                    betas=",".join(req.betas), meta=json.dumps(meta) if meta else None,
-                    state=RequestState.QUEUED, attempts=0, created_at=now, updated_at=now))
+                    betas=",".join(req.betas), meta=json.dumps(meta) if meta else None, primer=primer,
+                    state=RequestState.HELD if primer else RequestState.QUEUED, attempts=0, created_at=now,
+                    updated_at=now))
             return True
         except sa.exc.IntegrityError:
             return False
@@ -205,7 +207,7 @@ class Ledger:
         with self.tx() as conn:
             return conn.execute(requests.update().where(
                 (requests.c.custom_id == custom_id) & (requests.c.fingerprint != current_fingerprint)
-                & ((requests.c.state == RequestState.QUEUED)
+                & ((requests.c.state == RequestState.QUEUED) | (requests.c.state == RequestState.HELD)
                    | ((requests.c.state == RequestState.FAILED) & (requests.c.error_type == CREATE_FAILED)))
             ).values(state=RequestState.FAILED, error_type=SUPERSEDED, updated_at=time.time(),
                      error_message="replaced by a newer plan of the same document and prompt")).rowcount
@@ -442,14 +444,15 @@ class Ledger:
             return set(conn.execute(sa.select(batches.c.id).where(batches.c.canceled_at.is_not(None))).scalars())
 
     def cancel_queued(self, message: str) -> list[str]:
-        """Queued requests (not yet in any batch) set aside as canceled by the user; each only
-        if still queued, so a request a concurrent run is sending is left to its batch."""
+        """Queued and held requests (not yet in any batch) set aside as canceled by the user;
+        each only if still so, so a request a concurrent run is sending is left to its batch."""
         done = []
         with self.tx() as conn:
+            unsent = (RequestState.QUEUED, RequestState.HELD)
             for fp in conn.execute(sa.select(requests.c.fingerprint)
-                                   .where(requests.c.state == RequestState.QUEUED)).scalars().all():
+                                   .where(requests.c.state.in_(unsent))).scalars().all():
                 if conn.execute(requests.update().where(
-                        (requests.c.fingerprint == fp) & (requests.c.state == RequestState.QUEUED))
+                        (requests.c.fingerprint == fp) & requests.c.state.in_(unsent))
                         .values(state=RequestState.FAILED, error_type=CANCELED_BY_USER, error_message=message,
                                 updated_at=time.time())).rowcount:
                     done.append(fp)
@@ -469,3 +472,22 @@ class Ledger:
                                 updated_at=time.time())).rowcount:
                     done.append(fp)
             return done
+
+    # -- priming (issue 12) -----------------------------------------------------------------------
+
+    def held_with_primer_state(self) -> list[tuple[str, RequestState | None, str | None]]:
+        """Held requests with their primer's state and error type (None: primer unknown)."""
+        primers = requests.alias("primers")
+        with self.tx() as conn:
+            q = sa.select(requests.c.fingerprint, primers.c.state, primers.c.error_type).outerjoin(
+                primers, primers.c.fingerprint == requests.c.primer).where(requests.c.state == RequestState.HELD)
+            return [(fp, RequestState(state) if state else None, error) for fp, state, error in conn.execute(q)]
+
+    def release_held(self, fingerprint: str, to: RequestState, error_type: str | None = None,
+                     error_message: str | None = None) -> bool:
+        """held -> queued (or failed): one conditional update, so one caller wins it."""
+        with self.tx() as conn:
+            return conn.execute(requests.update().where(
+                (requests.c.fingerprint == fingerprint) & (requests.c.state == RequestState.HELD))
+                .values(state=to, error_type=error_type, error_message=error_message,
+                        updated_at=time.time())).rowcount == 1

@@ -14,6 +14,8 @@ States and their transitions are written down here, once:
 
     A request whose batch the user canceled ends failed (canceled_by_user); only
     `--resend-canceled` moves it back to queued.
+    A request that reads a document another request caches first starts held:
+    held ──> queued (its primer ended) | failed (canceled_by_user, with its primer; superseded)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from longbatch.piece import Piece, PieceKind, StepLinks
 
 
 class RequestState(StrEnum):
+    HELD = "held"  # waits for the request that primes the prompt cache (tasks/priming.py)
     QUEUED = "queued"
     SUBMITTING = "submitting"
     SUBMITTED = "submitted"
@@ -35,7 +38,7 @@ class RequestState(StrEnum):
     FAILED = "failed"
 
 
-PENDING_REQUEST_STATES = (RequestState.QUEUED, RequestState.SUBMITTING, RequestState.SUBMITTED,
+PENDING_REQUEST_STATES = (RequestState.HELD, RequestState.QUEUED, RequestState.SUBMITTING, RequestState.SUBMITTED,
                           RequestState.RETRYABLE)
 
 
@@ -206,6 +209,7 @@ class RequestRecord(NewRequest):
     error_message: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    primer: str | None = None  # the request priming the cache for this one (it was held until then)
 
 
 @dataclass(frozen=True)

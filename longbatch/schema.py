@@ -58,6 +58,8 @@ requests = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     # A split document's part or combining step (schema 4), as JSON: which one, what it covers.
     sa.Column("meta", sa.Text),
+    # Schema 6: the request that primes the prompt cache for this one; it is held until then.
+    sa.Column("primer", sa.String(64)),
 )
 
 # Combining steps of split documents (schema 4): the recipe is known at plan time, the request
@@ -171,7 +173,9 @@ def _v4_to_v5(conn: Connection) -> None:
 
 
 def _v5_to_v6(conn: Connection) -> None:
-    """Batches say which run made them and when the user canceled them."""
+    """Batches say which run made them and when the user canceled them; a request which
+    request primes the cache for it."""
+    conn.execute(sa.text("ALTER TABLE requests ADD COLUMN primer VARCHAR(64)"))
     conn.execute(sa.text("ALTER TABLE batches ADD COLUMN run_id VARCHAR(64)"))
     conn.execute(sa.text("ALTER TABLE batches ADD COLUMN canceled_at FLOAT"))
 

@@ -41,9 +41,11 @@ class Settings(BaseSettings):
     pdf_mode: Literal["text", "native"] = Field(
         "text", description="PDFs as extracted text, or as the PDF itself, for tables and figures (document "
                             "blocks; split into page ranges over 600 pages or 32 MB).")
-    cache: Literal["auto", "off"] = Field(
-        "auto", description="Prompt caching: auto puts a 1 h cache breakpoint after each document that two or "
-                            "more prompts read (the later ones read it at a tenth of the price); off sends none.")
+    cache: Literal["auto", "prime", "off"] = Field(
+        "auto", description="Prompt caching of documents two or more prompts read: a 1 h cache breakpoint after "
+                            "the document (later reads cost a tenth). prime: one request per document goes "
+                            "first, the others once it has ended; auto: prime when that saves at least $0.10 "
+                            "more per document than hits inside one batch; off: no caching.")
     exact_count: bool = Field(False, description="Count every document with count_tokens, not only those near a "
                                                  "limit.")
     simulate: bool = Field(False, description="Use the built-in local simulator instead of the Anthropic API.")

@@ -1,5 +1,6 @@
-"""Stage 4 — claiming: this plan's new work recorded in the ledger (queued requests, waiting
-combining steps, the document rows summary.csv reports on), once the budget allows it."""
+"""Stage 4 — claiming: this plan's new work recorded in the ledger (queued requests, held ones
+waiting for the request that primes their document's cache, waiting combining steps, the
+document rows summary.csv reports on), once the budget allows it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from longbatch.ledger import Ledger
 from longbatch.piece import PieceKind
 from longbatch.records import NewRequest, PlanRecord
 from tasks.plan import Plan
+from tasks.priming import release_primed
 
 
 def plan_records(plan: Plan) -> list[PlanRecord]:
@@ -49,11 +51,14 @@ def claim_plan(ledger: Ledger, plan: Plan) -> None:
     earlier or a concurrent run) is not claimed again."""
     rows = {r.custom_id: r for r in plan.rows if r.custom_id and not r.piece.is_step}
     known = ledger.known_fingerprints([r.fingerprint for r in plan.requests])
+    primers = dict(plan.primers)
     for req in plan.requests:
         if req.fingerprint not in known:
             row = rows[req.custom_id]
             ledger.claim(NewRequest(req.fingerprint, req.custom_id, req.doc_id, row.source, row.sha256, req.prompt,
-                                    req.model, req.max_tokens, req.betas, req.piece, req.links))
+                                    req.model, req.max_tokens, req.betas, req.piece, req.links),
+                         primer=primers.get(req.fingerprint))
         ledger.supersede(req.custom_id, req.fingerprint)
     for step in plan.reductions:
         ledger.claim_reduction(step)
+    release_primed(ledger)  # a primer done in an earlier run: its readers need not wait

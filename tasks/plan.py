@@ -24,6 +24,7 @@ from tasks.ingest import Document, IngestFailure
 from tasks.native import NATIVE_MAX_BYTES, page_costs, page_limit
 from tasks.packing import MAX_BODY_BYTES, BatchPlan, pack
 from tasks.policy import PlanPolicy, shares_prefixes
+from tasks.priming import choose_primers
 from tasks.prompts import SYSTEM_PROMPT, Prompt
 from tasks.split_plan import plan_split
 
@@ -36,6 +37,8 @@ class Plan:
     rows: tuple[PlanRow, ...]  # per document and prompt; a split document's parts and steps follow its row
     batches: tuple[BatchPlan, ...]
     reductions: tuple[StepRecipe, ...] = field(default=())
+    # (fingerprint, its primer's): requests held until another caches their document (tasks/priming.py)
+    primers: tuple[tuple[str, str], ...] = field(default=())
 
     @property
     def requests(self) -> list[PlannedRequest]:
@@ -114,7 +117,9 @@ def make_plan(
     batch_of = {req.custom_id: i for i, b in enumerate(batches) for req in b.requests}
     for index, req in ready:
         rows[index] = dataclasses.replace(rows[index], batch=batch_of[req.custom_id])
-    return Plan(model.id, tuple(rows), tuple(batches), tuple(reductions))
+    primers = choose_primers([req for _, req in ready], {r.custom_id: r.est_input_tokens for r in rows if r.custom_id},
+                             model, cache)
+    return Plan(model.id, tuple(rows), tuple(batches), tuple(reductions), tuple(primers.items()))
 
 
 def plan_whole(doc: Document, prompt: Prompt, policy: PlanPolicy) -> tuple[PlanRow, PlannedRequest | None]:

@@ -33,7 +33,8 @@ def queued_requests(ledger: Ledger, inbox: Path, data_dir: Path,
     for record in queued:
         try:
             out.append(by_fp.get(record.fingerprint)
-                       or rebuild(ledger, record, inbox, data_dir, cache=readers[_prefix_key(record)] >= 2))
+                       or rebuild(ledger, record, inbox, data_dir,
+                               cache=readers[_prefix_key(record)] >= 2 or record.primer is not None))
         except NotRebuildable as exc:
             ledger.set_request_state([record.fingerprint], RequestState.FAILED, NOT_REBUILDABLE, str(exc))
     return out
