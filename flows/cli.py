@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="use the built-in local simulator (no API key, no cost; reports are simulated)")
     run.add_argument("--no-wait", action="store_true", help="submit and return; `longbatch collect` finishes")
     run.add_argument("--budget-usd", type=float, help="refuse to submit if the run could cost more than this")
+    run.add_argument("--daily-cap-usd", type=float,
+                     help="refuse to submit if today's (UTC) billed spend plus the worst case of everything in "
+                          "flight and of this run would exceed this (default: LONGBATCH_DAILY_CAP_USD)")
+    run.add_argument("--monthly-cap-usd", type=float,
+                     help="the same for this month (UTC) (default: LONGBATCH_MONTHLY_CAP_USD)")
     run.add_argument("--max-attempts", type=int,
                      help="tries per request for expired or transiently failed requests (default: 3)")
     run.add_argument("--resend-canceled", action="store_true", default=None,
@@ -231,7 +236,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in _planning_values(args).items()}
     params = RunParameters(**values, wait=False if args.no_wait else None, simulate=args.simulate,
                            budget_usd=args.budget_usd, max_attempts=args.max_attempts,
-                           resend_canceled=args.resend_canceled)
+                           resend_canceled=args.resend_canceled, daily_cap_usd=args.daily_cap_usd,
+                           monthly_cap_usd=args.monthly_cap_usd)
     settings = params.settings()
     _preflight(settings)
     from flows.process import process_documents

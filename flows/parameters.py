@@ -31,6 +31,8 @@ class RunParameters(BaseModel):
     min_output_tokens: int | None = _described("min_output_tokens", gt=0)
     wait: bool | None = _described("wait")
     budget_usd: float | None = _described("budget_usd", ge=0)
+    daily_cap_usd: float | None = _described("daily_cap_usd", ge=0)
+    monthly_cap_usd: float | None = _described("monthly_cap_usd", ge=0)
     simulate: bool | None = _described("simulate")
     max_attempts: int | None = _described("max_attempts", ge=1, le=10)
     exact_count: bool | None = _described("exact_count")

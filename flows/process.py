@@ -28,7 +28,8 @@ from longbatch.settings import Settings
 from longbatch.transient import tolerate_transient
 from tasks import batches as batch_io
 from tasks.build import PlannedRequest
-from tasks.claim import check_budget, claim_plan, plan_records
+from tasks.caps import standing_caps
+from tasks.claim import check_budget, claim_plan, new_work_usd, plan_records
 from tasks.collect import CollectStats, collect_batch, settle_retries
 from tasks.counting import count_near_limits
 from tasks.ingest import Document, IngestFailure, discover, read_document
@@ -222,7 +223,9 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
             ledger.record_plan(plan_records(plan), [item.source for item in items])
             failpoint("after-plan")
             check_budget(plan, ledger, settings.budget_usd)
-            claim_plan(ledger, plan)
+            with standing_caps(ledger, new_work_usd(plan, ledger), settings.daily_cap_usd,  # issue 12
+                               settings.monthly_cap_usd):
+                claim_plan(ledger, plan)
             if settings.resend_canceled:
                 resend_canceled_requests(ledger)  # issue 12: only when asked
             reconcile_task(client, ledger, settings)

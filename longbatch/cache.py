@@ -111,6 +111,12 @@ def batch_cost_usd(spec: ModelSpec, usage: CachedUsage) -> float:
     return full * BATCH_DISCOUNT
 
 
+def write_premium_usd(spec: ModelSpec, tokens: int) -> float:
+    """What writing `tokens` to the 1 h cache costs over sending them uncached, in a batch: the
+    part of a cached request's worst case that its plain price leaves out."""
+    return tokens * spec.input_usd_per_mtok / 1e6 * (WRITE_MULTIPLIER[TTL] - 1) * BATCH_DISCOUNT
+
+
 def uncached_cost_usd(spec: ModelSpec, usage: CachedUsage) -> float:
     """What the same request would have cost in a batch with no caching at all."""
     return batch_cost_usd(spec, CachedUsage(usage.all_input, usage.output_tokens))

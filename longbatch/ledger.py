@@ -24,11 +24,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from longbatch.piece import Piece, StepLinks, stored_meta
-from longbatch.records import (CANCELED_BY_USER, CREATE_FAILED, SUPERSEDED, BatchRecord, BatchState, NewRequest, PlanRecord, PlanRow,
+from longbatch.records import (CANCELED_BY_USER, CREATE_FAILED, PENDING_REQUEST_STATES, SUPERSEDED, BatchRecord, BatchState, NewRequest, PlanRecord, PlanRow,
                                PlanStatus, RequestRecord, RequestState, ResultRecord, StepRecipe, StepRecord,
                                StepState, UsageRecord)
-from longbatch.schema import (SCHEMA_VERSION, batch_members, batches, default_url, open_engine, plan_rows,
-                              reductions, requests, results, token_counts)
+from longbatch.schema import (SCHEMA_VERSION, batch_members, batches, default_url, meta, open_engine, plan_rows,
+                              reductions, requests, results, spend_reservations, token_counts)
 from longbatch.runs import current_run_id
 from longbatch.settings import Settings
 
@@ -161,7 +161,7 @@ class Ledger:
                                           .where(requests.c.fingerprint.in_(chunk))).scalars())
         return found
 
-    def claim(self, req: NewRequest, primer: str | None = None) -> bool:
+    def claim(self, req: NewRequest, primer: str | None = None, max_cost_usd: float | None = None) -> bool:
         """Record a new request as queued (held, when `primer` is the request that caches its
         document first). True if this call created it; False if the same work (same
         fingerprint) is already known, from an earlier run or a concurrent one."""
@@ -173,6 +173,7 @@ class Ledger:
                     fingerprint=req.fingerprint, custom_id=req.custom_id, doc_id=req.doc_id, source=req.source,
                     sha256=req.sha256, prompt=req.prompt, model=req.model, max_tokens=req.max_tokens,
                     betas=",".join(req.betas), meta=json.dumps(meta) if meta else None, primer=primer,
+                    max_cost_usd=max_cost_usd,
                     state=RequestState.HELD if primer else RequestState.QUEUED, attempts=0, created_at=now,
                     updated_at=now))
             return True
@@ -491,3 +492,47 @@ class Ledger:
                 (requests.c.fingerprint == fingerprint) & (requests.c.state == RequestState.HELD))
                 .values(state=to, error_type=error_type, error_message=error_message,
                         updated_at=time.time())).rowcount == 1
+
+    # -- standing caps (issue 12) -----------------------------------------------------------------
+
+    def reserve_spend(self, decide: Any, reservation_ttl: float = 900.0) -> tuple[str | None, Any]:
+        """Serialised with every other reservation (a write lock first, in one transaction):
+        `decide(SpendState)` sees what was billed since each period start, the work in flight and
+        the live reservations, and returns (amount to reserve or None to refuse, its verdict).
+        Returns (reservation id or None, verdict)."""
+        now = time.time()
+        with self.tx() as conn:
+            # Take the write lock before reading, so two runs cannot both see the same room.
+            conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=meta.c.value))
+            state = SpendState(
+                billed=[(r.received_at, r.cost_usd or 0.0) for r in conn.execute(
+                    sa.select(results.c.received_at, results.c.cost_usd).where(results.c.result_type == "succeeded"))],
+                in_flight=[(r.model, r.max_tokens, r.max_cost_usd, r.batch_id) for r in conn.execute(
+                    sa.select(requests.c.model, requests.c.max_tokens, requests.c.max_cost_usd, requests.c.batch_id)
+                    .where(requests.c.state.in_(PENDING_REQUEST_STATES)))],
+                waiting_steps=[json.loads(d) for d in conn.execute(
+                    sa.select(reductions.c.data).where(reductions.c.state == StepState.WAITING)).scalars()],
+                reserved=sum(conn.execute(sa.select(spend_reservations.c.amount_usd).where(
+                    spend_reservations.c.created_at > now - reservation_ttl)).scalars()),
+                now=now)
+            amount, verdict = decide(state)
+            if amount is None:
+                return None, verdict
+            rid = f"sr_{uuid.uuid4().hex[:20]}"
+            conn.execute(spend_reservations.insert().values(id=rid, amount_usd=amount, created_at=now))
+            return rid, verdict
+
+    def release_spend(self, reservation_id: str) -> None:
+        """The run has claimed its work (now counted as in flight) or gave up."""
+        with self.tx() as conn:
+            conn.execute(spend_reservations.delete().where(spend_reservations.c.id == reservation_id))
+
+
+@dataclasses.dataclass(frozen=True)
+class SpendState:
+    """What the standing caps count, read under the lock (see Ledger.reserve_spend)."""
+    billed: list[tuple[float, float]]  # (received_at, cost) of every billed result
+    in_flight: list[tuple[str, int, float | None, str | None]]  # (model, max_tokens, worst case, batch) of pending requests
+    waiting_steps: list[dict[str, Any]]  # recipes of combining steps not yet built
+    reserved: float  # spend other runs were allowed and have not claimed yet
+    now: float

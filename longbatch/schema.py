@@ -60,6 +60,18 @@ requests = sa.Table(
     sa.Column("meta", sa.Text),
     # Schema 6: the request that primes the prompt cache for this one; it is held until then.
     sa.Column("primer", sa.String(64)),
+    # Schema 6: the most it can cost (every granted token used, cache write included), for the
+    # standing caps' count of what is in flight.
+    sa.Column("max_cost_usd", sa.Float),
+)
+
+# Schema 6: spend a run has been allowed under the standing caps (daily, monthly) but has not
+# recorded as requests yet; counted as in flight until the run has claimed its work.
+spend_reservations = sa.Table(
+    "spend_reservations", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("amount_usd", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 # Combining steps of split documents (schema 4): the recipe is known at plan time, the request
@@ -174,8 +186,10 @@ def _v4_to_v5(conn: Connection) -> None:
 
 def _v5_to_v6(conn: Connection) -> None:
     """Batches say which run made them and when the user canceled them; a request which
-    request primes the cache for it."""
+    request primes the cache for it and its worst-case cost (spend_reservations is a new table:
+    create_all has made it)."""
     conn.execute(sa.text("ALTER TABLE requests ADD COLUMN primer VARCHAR(64)"))
+    conn.execute(sa.text("ALTER TABLE requests ADD COLUMN max_cost_usd FLOAT"))
     conn.execute(sa.text("ALTER TABLE batches ADD COLUMN run_id VARCHAR(64)"))
     conn.execute(sa.text("ALTER TABLE batches ADD COLUMN canceled_at FLOAT"))
 

@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         DEFAULT_MIN_OUTPUT_TOKENS, gt=0, description="A document that cannot get this much output does not fit.")
     budget_usd: float | None = Field(
         None, ge=0, description="Refuse to submit when the most this run could cost exceeds this many dollars.")
+    daily_cap_usd: float | None = Field(
+        None, ge=0, description="Refuse to submit when what was billed today (UTC) plus the worst case of all work "
+                                "in flight and of this run would exceed this many dollars.")
+    monthly_cap_usd: float | None = Field(
+        None, ge=0, description="The same, for the current month (UTC).")
     betas: list[str] = Field(
         default_factory=list, description="Extra beta headers for every batch (the retired context-1m is dropped).")
     pdf_mode: Literal["text", "native"] = Field(

@@ -44,6 +44,12 @@ class PlannedRequest:
     def as_request(self) -> Request:
         return Request(custom_id=self.custom_id, params=self.params)
 
+    @property
+    def writes_cache(self) -> bool:
+        """It carries a cache breakpoint, so it may pay the cache write premium."""
+        content = self.params["messages"][0]["content"]
+        return isinstance(content, list) and any(isinstance(b, dict) and "cache_control" in b for b in content)
+
 
 def make_custom_id(doc_id: str, prompt_name: str, piece: Piece = Piece()) -> str:
     """Deterministic and within the API's rule `^[a-zA-Z0-9_-]{1,64}$`: a doc_id (<= 45

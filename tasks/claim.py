@@ -24,19 +24,24 @@ def plan_records(plan: Plan) -> list[PlanRecord]:
             for row in plan.document_rows]
 
 
-def check_budget(plan: Plan, ledger: Ledger, budget: float | None) -> None:
-    """Refuse before sending when the new work could cost more than the budget. Work the
-    ledger already holds was paid for (or is in flight) and does not count again."""
-    if budget is None:
-        return
+def new_work_usd(plan: Plan, ledger: Ledger) -> float:
+    """The worst case of this plan's work that the ledger does not hold yet. Work the ledger
+    already holds was paid for (or is in flight) and does not count again."""
     fingerprints = {r.custom_id: r.fingerprint for r in plan.requests}
     known = ledger.known_fingerprints(list(fingerprints.values()))
     known_steps = ledger.known_reductions([s.key for s in plan.reductions])
     # Requests (whole documents and parts) and combining steps; a split document's own row
     # only sums those.
-    new_cost = sum(row.max_cost_usd for row in plan.rows
-                   if (row.piece.is_step and row.reduction not in known_steps)
-                   or (not row.piece.is_step and row.custom_id and fingerprints[row.custom_id] not in known))
+    return sum(row.max_cost_usd for row in plan.rows
+               if (row.piece.is_step and row.reduction not in known_steps)
+               or (not row.piece.is_step and row.custom_id and fingerprints[row.custom_id] not in known))
+
+
+def check_budget(plan: Plan, ledger: Ledger, budget: float | None) -> None:
+    """Refuse before sending when the new work could cost more than the budget."""
+    if budget is None:
+        return
+    new_cost = new_work_usd(plan, ledger)
     if new_cost > budget:
         raise BudgetExceededError(
             f"This run could cost up to ${new_cost:,.2f} (every granted output token used), over the budget "
@@ -57,7 +62,7 @@ def claim_plan(ledger: Ledger, plan: Plan) -> None:
             row = rows[req.custom_id]
             ledger.claim(NewRequest(req.fingerprint, req.custom_id, req.doc_id, row.source, row.sha256, req.prompt,
                                     req.model, req.max_tokens, req.betas, req.piece, req.links),
-                         primer=primers.get(req.fingerprint))
+                         primer=primers.get(req.fingerprint), max_cost_usd=row.max_cost_usd)
         ledger.supersede(req.custom_id, req.fingerprint)
     for step in plan.reductions:
         ledger.claim_reduction(step)

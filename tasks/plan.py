@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from longbatch.cache import write_premium_usd
 from longbatch.catalog import ModelSpec, batch_cost_usd, normalize_betas
 from longbatch.errors import CannotSplit, PdfChangedError
 from longbatch.records import PlanRow, PlanStatus, StepRecipe
@@ -177,4 +178,6 @@ def _fit_whole(doc: Document, prompt: Prompt, policy: PlanPolicy, key: str, est:
             f"{max_bytes / 2**20:.1f} MB")), None
     return dataclasses.replace(
         base, granted_max_tokens=fit.granted, betas=request.betas, custom_id=request.custom_id,
-        max_cost_usd=round(batch_cost_usd(model, expected, fit.granted), 6), piece=request.piece), request
+        max_cost_usd=round(batch_cost_usd(model, expected, fit.granted)
+                           + (write_premium_usd(model, expected) if request.writes_cache else 0.0), 6),
+        piece=request.piece), request

@@ -14,6 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 
+from longbatch.cache import write_premium_usd
 from longbatch.catalog import batch_cost_usd
 from longbatch.errors import CannotSplit
 from longbatch.piece import Piece, PieceKind, Span
@@ -244,7 +245,9 @@ def _split_rows(doc: Document, base: PlanRow, policy: PlanPolicy, parts: list[Pa
         part_rows.append(PlanRow(
             doc.doc_id, doc.source, doc.kind, base.prompt, model.id, PlanStatus.READY, None, pages,
             part.end - part.start, cl100k, estimate, upper, req.max_tokens, req.betas,
-            round(batch_cost_usd(model, estimate, 0), 6), round(batch_cost_usd(model, estimate, req.max_tokens), 6),
+            round(batch_cost_usd(model, estimate, 0), 6),
+            round(batch_cost_usd(model, estimate, req.max_tokens)
+                  + (write_premium_usd(model, estimate) if req.writes_cache else 0.0), 6),
             req.custom_id, sha256=doc.sha256, piece=req.piece))
     step_rows = [PlanRow(
         doc.doc_id, doc.source, doc.kind, base.prompt, model.id, PlanStatus.READY, None, None, 0, 0, s.input_upper,

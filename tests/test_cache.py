@@ -118,3 +118,13 @@ def test_write_rate_depends_on_ttl_and_savings_can_be_negative():
 def test_unknown_model_gets_the_largest_minimum():
     assert cache_facts("claude-future-9").min_tokens == 4_096
     assert cache_facts("claude-sonnet-4-5-20250929").min_tokens == 1_024  # an alias
+
+
+def test_the_worst_case_counts_the_cache_write_premium(tmp_path):
+    """A budget is a promise: a request that may write the 1 h cache may cost 2x its input."""
+    prompts = [load_prompt("report", tmp_path), load_prompt("summary", tmp_path)]
+    cached = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096).document_rows[0]
+    plain = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096, cache="off").document_rows[0]
+    premium = cached.est_input_tokens * 3 / 1e6 * 1.0 * 0.5
+    assert cached.max_cost_usd == pytest.approx(plain.max_cost_usd + premium, abs=1e-6)
+    assert cached.est_input_usd == plain.est_input_usd
