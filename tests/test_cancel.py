@@ -110,6 +110,9 @@ def test_a_schema_5_ledger_migrates_to_6(tmp_path):
     with sqlite3.connect(db) as conn:  # what schema 5 wrote: no run_id, no canceled_at
         conn.execute("ALTER TABLE batches DROP COLUMN run_id")
         conn.execute("ALTER TABLE batches DROP COLUMN canceled_at")
+        conn.execute("ALTER TABLE requests DROP COLUMN primer")  # schema 6
+        conn.execute("ALTER TABLE requests DROP COLUMN max_cost_usd")  # schema 6
+        conn.execute("DROP TABLE spend_reservations")  # schema 6
         conn.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
         conn.execute("INSERT INTO batches (id, api_id, state, betas, request_count, intent_at) "
                      "VALUES ('lb_old', 'msgbatch_old', 'submitted', '', 3, 1.0)")
@@ -118,6 +121,13 @@ def test_a_schema_5_ledger_migrates_to_6(tmp_path):
     assert old.api_id == "msgbatch_old" and ledger.canceled_batches() == set()
     ledger.record_cancel("lb_old")
     assert ledger.canceled_batches() == {"lb_old"}
+    from longbatch.records import NewRequest
+
+    new = NewRequest("r" * 64, "d--summary", "d", "a.txt", "0" * 64, "summary", "claude-sonnet-4-6", 10, ())
+    assert ledger.claim(new, primer="p" * 64, max_cost_usd=1.5)  # the new request columns exist
+    assert ledger.request("r" * 64).primer == "p" * 64
+    rid, _ = ledger.reserve_spend(lambda state: (1.0, None))  # and the reservations table
+    ledger.release_spend(rid)
     ledger.close()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
