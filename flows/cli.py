@@ -269,10 +269,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"No documents in {settings.inbox_dir}.")
         return 0
+    from flows.planning import expected_for
+
+    expected, expected_note = expected_for(plan, settings)  # issue 12: expected beside the worst case
+    frame["expected_cost_usd"] = frame["custom_id"].map(expected).round(6)
     out = settings.data_dir / "plan.csv"
     atomic_write_text(out, frame.to_csv(index=False))
     show = frame[["source", "prompt", "status", "part", "pages", "chars", "cl100k_tokens", "exact_input_tokens",
-                  "est_input_tokens", "upper_input_tokens", "granted_max_tokens", "batch", "max_cost_usd"]].copy()
+                  "est_input_tokens", "upper_input_tokens", "granted_max_tokens", "batch", "expected_cost_usd",
+                  "max_cost_usd"]].copy()
     for column in ("pages", "exact_input_tokens", "batch"):
         show[column] = show[column].astype("Int64").astype("string").fillna("-")
     # A split document's parts and combining steps sit under its row, named by what they cover.
@@ -288,8 +293,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     steps = len(plan.reductions)
     print(f"\n{len(plan.document_rows)} document row(s), {len(plan.requests)} request(s) in {len(plan.batches)} "
           f"batch(es)" + (f" and {steps} combining step(s) sent once their parts are done" if steps else "")
-          + f", for {model.id}. Estimated input cost ${plan.est_input_usd:,.2f}; at most ${plan.max_cost_usd:,.2f} "
-          f"if every granted output token is used (batch prices, 50% off). Written to {out}.")
+          + f", for {model.id}. Expected cost ${sum(expected.values()):,.2f} ({expected_note}, cache reads "
+          f"and writes as planned); at most ${plan.max_cost_usd:,.2f} if every granted output token is used "
+          f"(batch prices, 50% off). Written to {out}.")
     return 0
 
 

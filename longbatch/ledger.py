@@ -420,7 +420,8 @@ class Ledger:
     def usage_rows(self) -> list[UsageRecord]:
         """Every result with its request's model, source and prompt, and the run of its batch."""
         with self.tx() as conn:
-            q = sa.select(results, requests.c.model, requests.c.source, requests.c.prompt, batches.c.run_id).join(
+            q = sa.select(results, requests.c.model, requests.c.source, requests.c.prompt, requests.c.max_tokens,
+                          batches.c.run_id).join(
                 requests, requests.c.fingerprint == results.c.fingerprint).outerjoin(
                 batches, batches.c.api_id == results.c.batch_id)
             rows = list(conn.execute(q).mappings())
@@ -428,7 +429,7 @@ class Ledger:
             started = dict(conn.execute(sa.select(batches.c.run_id, sa.func.min(batches.c.intent_at))
                                         .where(batches.c.run_id.in_(run_ids)).group_by(batches.c.run_id)).all())
             return [UsageRecord(_result(r), r["model"], r["source"], r["prompt"], r["run_id"],
-                                started.get(r["run_id"])) for r in rows]
+                                started.get(r["run_id"]), r["max_tokens"]) for r in rows]
 
     # -- cancel (issue 12) ------------------------------------------------------------------------
 

@@ -244,6 +244,7 @@ class UsageRecord:
     prompt: str
     run_id: str | None = None
     run_started_at: float | None = None
+    max_tokens: int = 0  # the request's grant, to learn what share of it a model and prompt use
 
 
 @dataclass(frozen=True)
