@@ -58,6 +58,16 @@ MIN_CACHEABLE_TOKENS = {
 DEFAULT_MIN_CACHEABLE_TOKENS = 4_096
 
 
+def readers_to_pay() -> int:
+    """The fewest requests sharing a prefix for which the 1 h cache costs less than none: one
+    write (2x) and n - 1 reads (0.1x) against n plain reads. 3 (2.2x < 3x); with two the cache
+    costs more (2.1x > 2x), even when every read hits."""
+    n = 2
+    while WRITE_MULTIPLIER[TTL] + READ_MULTIPLIER * (n - 1) >= n:
+        n += 1
+    return n
+
+
 @dataclass(frozen=True)
 class CacheFacts:
     min_tokens: int

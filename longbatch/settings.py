@@ -47,8 +47,9 @@ class Settings(BaseSettings):
         "text", description="PDFs as extracted text, or as the PDF itself, for tables and figures (document "
                             "blocks; split into page ranges over 600 pages or 32 MB).")
     cache: Literal["auto", "prime", "off"] = Field(
-        "auto", description="Prompt caching of documents two or more prompts read: a 1 h cache breakpoint after "
-                            "the document (later reads cost a tenth). prime: one request per document goes "
+        "auto", description="Prompt caching of documents three or more prompts read (with two, the 1 h write "
+                            "costs more than the read saves): a 1 h cache breakpoint after the document (later reads "
+                            "cost a tenth). prime: one request per document goes "
                             "first, the others once it has ended; auto: prime when that saves at least $0.10 "
                             "more per document than hits inside one batch; off: no caching.")
     exact_count: bool = Field(False, description="Count every document with count_tokens, not only those near a "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from longbatch.cache import readers_to_pay
 from longbatch.catalog import ModelSpec
 from longbatch.piece import PdfMode
 from tasks.fit import OutputBudget
@@ -31,6 +32,7 @@ class PlanPolicy:
 
 
 def shares_prefixes(cache: str, prompts: int) -> bool:
-    """Breakpoints pay when a document is read by more than one prompt: a cache write costs 2x
-    the input (1 h TTL) and only a later read (0.1x) earns it back. `cache` is Settings.cache."""
-    return cache != "off" and prompts >= 2
+    """Breakpoints pay when enough prompts read a document: a cache write costs 2x the input
+    (1 h TTL) and each later read (0.1x) earns back 0.9x, so from three prompts on
+    (longbatch/cache.py: readers_to_pay). `cache` is Settings.cache."""
+    return cache != "off" and prompts >= readers_to_pay()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from longbatch.cache import readers_to_pay
 from longbatch.catalog import get_model
 from longbatch.errors import LongbatchError, NotReady, NotRebuildable
 from longbatch.ledger import Ledger
@@ -34,7 +35,8 @@ def queued_requests(ledger: Ledger, inbox: Path, data_dir: Path,
         try:
             out.append(by_fp.get(record.fingerprint)
                        or rebuild(ledger, record, inbox, data_dir,
-                               cache=readers[_prefix_key(record)] >= 2 or record.primer is not None))
+                               cache=readers[_prefix_key(record)] >= readers_to_pay()
+                               or record.primer is not None))
         except NotRebuildable as exc:
             ledger.set_request_state([record.fingerprint], RequestState.FAILED, NOT_REBUILDABLE, str(exc))
     return out

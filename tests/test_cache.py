@@ -29,10 +29,15 @@ def _content(request):
     return request.params["messages"][0]["content"]
 
 
+def three_prompts(tmp_path):
+    (tmp_path / "risks.md").write_text("List the risks.")
+    return [load_prompt("report", tmp_path), load_prompt("summary", tmp_path), load_prompt(str(tmp_path / "risks.md"),
+                                                                                             tmp_path)]
+
+
 def test_prompts_over_one_document_share_a_byte_identical_cached_prefix(tmp_path):
-    prompts = [load_prompt("report", tmp_path), load_prompt("summary", tmp_path)]
-    plan = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096)
-    report, summary = plan.requests
+    plan = make_plan([doc(LONG)], three_prompts(tmp_path), SONNET46, 20_000, 4_096)
+    report, summary, _ = plan.requests
     (doc_a, ask_a), (doc_b, ask_b) = _content(report), _content(summary)
     assert doc_a == doc_b  # the same bytes, breakpoint included
     assert doc_a["cache_control"] == {"type": "ephemeral", "ttl": "1h"} == BREAKPOINT
@@ -41,12 +46,17 @@ def test_prompts_over_one_document_share_a_byte_identical_cached_prefix(tmp_path
     assert report.params["system"] == summary.params["system"]  # the prompt-independent instructions come first
 
 
-def test_one_prompt_sets_no_breakpoint_and_off_sets_none(tmp_path):
-    """A cache write costs 2x the input: it pays only when another prompt reads it back."""
-    report, summary = load_prompt("report", tmp_path), load_prompt("summary", tmp_path)
-    (alone,) = make_plan([doc(LONG)], [report], SONNET46, 20_000, 4_096).requests
+def test_one_or_two_prompts_set_no_breakpoint_and_off_sets_none(tmp_path):
+    """A 1 h cache write costs 2x the input and a read saves 0.9x: it pays from three prompts."""
+    from longbatch.cache import readers_to_pay
+
+    assert readers_to_pay() == 3
+    prompts = three_prompts(tmp_path)
+    (alone,) = make_plan([doc(LONG)], prompts[:1], SONNET46, 20_000, 4_096).requests
     assert all("cache_control" not in block for block in _content(alone))
-    off = make_plan([doc(LONG)], [report, summary], SONNET46, 20_000, 4_096, cache="off").requests
+    two = make_plan([doc(LONG)], prompts[:2], SONNET46, 20_000, 4_096).requests
+    assert all("cache_control" not in block for r in two for block in _content(r))
+    off = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096, cache="off").requests
     assert all("cache_control" not in block for r in off for block in _content(r))
 
 
@@ -76,7 +86,7 @@ def test_a_breakpoint_does_not_change_the_fingerprint(tmp_path):
 def test_split_parts_share_their_cached_text_across_prompts(tmp_path):
     from longbatch.piece import PieceKind
 
-    prompts = [load_prompt("report", tmp_path), load_prompt("summary", tmp_path)]
+    prompts = three_prompts(tmp_path)[:2] + three_prompts(tmp_path)[2:]
     book = doc(("Chapter text that goes on and on about many things in great detail. " * 200 + "\n\n") * 150)
     plan = make_plan([book], prompts, get_model("claude-sonnet-4-5"), 16_000, 4_096)
     parts = [r for r in plan.requests if r.piece.kind == PieceKind.PART]
@@ -122,7 +132,7 @@ def test_unknown_model_gets_the_largest_minimum():
 
 def test_the_worst_case_counts_the_cache_write_premium(tmp_path):
     """A budget is a promise: a request that may write the 1 h cache may cost 2x its input."""
-    prompts = [load_prompt("report", tmp_path), load_prompt("summary", tmp_path)]
+    prompts = three_prompts(tmp_path)
     cached = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096).document_rows[0]
     plain = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096, cache="off").document_rows[0]
     premium = cached.est_input_tokens * 3 / 1e6 * 1.0 * 0.5
