@@ -69,7 +69,7 @@ def _planning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", choices=["auto", "prime", "off"],
                    help="prompt caching of documents several prompts read: prime sends one request per document "
                         "first and the others once it has ended; auto primes when that saves at least $0.10 more "
-                        "per document (default: LONGBATCH_CACHE, else auto)")
+                        "per document and otherwise caches nothing (default: LONGBATCH_CACHE, else auto)")
     p.add_argument("--exact-count", action="store_true", default=None,
                    help="count every document with the API's count_tokens (free), not only those whose "
                         "local estimate is too close to a limit to decide")

@@ -51,7 +51,7 @@ class Settings(BaseSettings):
                             "costs more than the read saves): a 1 h cache breakpoint after the document (later reads "
                             "cost a tenth). prime: one request per document goes "
                             "first, the others once it has ended; auto: prime when that saves at least $0.10 "
-                            "more per document than hits inside one batch; off: no caching.")
+                            "more per document than hits inside one batch, else no caching; off: no caching.")
     exact_count: bool = Field(False, description="Count every document with count_tokens, not only those near a "
                                                  "limit.")
     simulate: bool = Field(False, description="Use the built-in local simulator instead of the Anthropic API.")

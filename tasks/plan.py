@@ -25,7 +25,7 @@ from tasks.ingest import Document, IngestFailure
 from tasks.native import NATIVE_MAX_BYTES, page_costs, page_limit
 from tasks.packing import MAX_BODY_BYTES, BatchPlan, pack
 from tasks.policy import PlanPolicy, shares_prefixes
-from tasks.priming import choose_primers
+from tasks.priming import choose_primers, unprimed_without_breakpoints
 from tasks.prompts import SYSTEM_PROMPT, Prompt
 from tasks.split_plan import plan_split
 
@@ -114,12 +114,13 @@ def make_plan(
             if request is not None:
                 ready.append((len(rows) - 1, request))
 
+    primers = choose_primers([req for _, req in ready], {r.custom_id: r.est_input_tokens for r in rows if r.custom_id},
+                             model, cache)
+    ready = unprimed_without_breakpoints(ready, primers, cache)
     batches = pack([req for _, req in ready])
     batch_of = {req.custom_id: i for i, b in enumerate(batches) for req in b.requests}
     for index, req in ready:
         rows[index] = dataclasses.replace(rows[index], batch=batch_of[req.custom_id])
-    primers = choose_primers([req for _, req in ready], {r.custom_id: r.est_input_tokens for r in rows if r.custom_id},
-                             model, cache)
     return Plan(model.id, tuple(rows), tuple(batches), tuple(reductions), tuple(primers.items()))
 
 

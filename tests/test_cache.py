@@ -36,7 +36,7 @@ def three_prompts(tmp_path):
 
 
 def test_prompts_over_one_document_share_a_byte_identical_cached_prefix(tmp_path):
-    plan = make_plan([doc(LONG)], three_prompts(tmp_path), SONNET46, 20_000, 4_096)
+    plan = make_plan([doc(LONG)], three_prompts(tmp_path), SONNET46, 20_000, 4_096, cache="prime")
     report, summary, _ = plan.requests
     (doc_a, ask_a), (doc_b, ask_b) = _content(report), _content(summary)
     assert doc_a == doc_b  # the same bytes, breakpoint included
@@ -58,6 +58,12 @@ def test_one_or_two_prompts_set_no_breakpoint_and_off_sets_none(tmp_path):
     assert all("cache_control" not in block for r in two for block in _content(r))
     off = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096, cache="off").requests
     assert all("cache_control" not in block for r in off for block in _content(r))
+    # auto caches only what it primes: a 7K-token document is not worth the wait, so no breakpoint.
+    auto = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096, cache="auto")
+    assert auto.primers == () and all("cache_control" not in block for r in auto.requests for block in _content(r))
+    primed = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096, cache="prime").requests
+    assert {r.fingerprint for r in primed} == {r.fingerprint for r in auto.requests}  # the same work
+    assert sum(r.body_bytes for r in primed) > sum(r.body_bytes for r in auto.requests)
 
 
 def test_below_the_models_minimum_no_breakpoint_is_set(tmp_path):
@@ -88,7 +94,7 @@ def test_split_parts_share_their_cached_text_across_prompts(tmp_path):
 
     prompts = three_prompts(tmp_path)[:2] + three_prompts(tmp_path)[2:]
     book = doc(("Chapter text that goes on and on about many things in great detail. " * 200 + "\n\n") * 150)
-    plan = make_plan([book], prompts, get_model("claude-sonnet-4-5"), 16_000, 4_096)
+    plan = make_plan([book], prompts, get_model("claude-sonnet-4-5"), 16_000, 4_096, cache="prime")
     parts = [r for r in plan.requests if r.piece.kind == PieceKind.PART]
     by_prompt = {p.name: [r for r in parts if r.prompt == p.name] for p in prompts}
     assert len(by_prompt["report"]) >= 2 and len(by_prompt["report"]) == len(by_prompt["summary"])
@@ -133,7 +139,7 @@ def test_unknown_model_gets_the_largest_minimum():
 def test_the_worst_case_counts_the_cache_write_premium(tmp_path):
     """A budget is a promise: a request that may write the 1 h cache may cost 2x its input."""
     prompts = three_prompts(tmp_path)
-    cached = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096).document_rows[0]
+    cached = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096, cache="prime").document_rows[0]
     plain = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096, cache="off").document_rows[0]
     premium = cached.est_input_tokens * 3 / 1e6 * 1.0 * 0.5
     assert cached.max_cost_usd == pytest.approx(plain.max_cost_usd + premium, abs=1e-6)

@@ -19,9 +19,8 @@ from simulator.server import SimulatorServer
 def cached_api(monkeypatch):
     monkeypatch.setenv("LONGBATCH_POLL_INITIAL_SECONDS", "0.1")
     monkeypatch.setenv("LONGBATCH_POLL_MAX_SECONDS", "0.3")
-    # Every later request of a batch finds the prefix: hits inside a batch are best effort in
-    # the real service; here they are made certain so the test can check the arithmetic.
-    with SimulatorServer(SimConfig(processing_seconds=0.3, output_tokens=300, cache_hit_rate_in_batch=1.0)) as sim:
+    # No hits inside a batch: every read comes from priming (the primers' batch goes first).
+    with SimulatorServer(SimConfig(processing_seconds=0.3, output_tokens=300, cache_hit_rate_in_batch=0.0)) as sim:
         monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.url)
         monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
         yield sim
@@ -34,7 +33,7 @@ def test_three_prompts_over_two_documents_read_the_document_from_the_cache(data_
     (data_dir / "prompts").mkdir()
     (data_dir / "prompts" / "risks.md").write_text("List every risk the document names, with page references.\n")
     process_documents(RunParameters(data_dir=str(data_dir), prompts=["report", "summary", "risks"],
-                                    max_output_tokens=2_000))
+                                    max_output_tokens=2_000, cache="prime"))
     metas = [json.loads(p.read_text()) for p in (data_dir / "reports").rglob("*.json")]
     assert len(metas) == 6
     for source in ("apple.md", "udhr.txt"):

@@ -50,7 +50,7 @@ def test_cached_readers_are_expected_at_a_tenth_when_primed(tmp_path):
     prompts = [load_prompt("report", tmp_path), load_prompt("summary", tmp_path),
                load_prompt(str(tmp_path / "risks.md"), tmp_path)]
     primed = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096, cache="prime")
-    unprimed = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096, cache="auto")  # too small to prime
+    unprimed = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096, cache="auto")  # too small to prime or cache
     off = make_plan([doc(LONG)], prompts, SONNET46, 20_000, 4_096, cache="off")
     rows = {r.prompt: r for r in primed.document_rows}
     e = expected_costs(primed, {})
@@ -60,7 +60,7 @@ def test_cached_readers_are_expected_at_a_tenth_when_primed(tmp_path):
     assert e[rows["summary"].custom_id] == pytest.approx((rows["summary"].est_input_tokens * 3 * 0.1
                                                           + out(rows["summary"])) / 1e6 / 2)
     totals = [sum(expected_costs(p, {}).values()) for p in (primed, unprimed, off)]
-    assert totals[0] < totals[2] < totals[1]  # a miss beside the writer writes too: priming is what pays
+    assert totals[0] < totals[2] == pytest.approx(totals[1])  # auto does not cache what it does not prime
 
 
 def test_documents_that_do_not_fit_count_in_neither_figure(tmp_path):
