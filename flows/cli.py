@@ -68,6 +68,10 @@ def _planning(p: argparse.ArgumentParser) -> None:
     p.add_argument("--follow-links", action="store_true", default=None,
                    help="read files and folders that links in the inbox point to, even outside it (default: such "
                         "links are refused, each with a row in the summary saying so)")
+    p.add_argument("--cache", choices=["auto", "prime", "off"],
+                   help="prompt caching of documents several prompts read: prime sends one request per document "
+                        "first and the others once it has ended; auto primes when that saves at least $0.10 more "
+                        "per document and otherwise caches nothing (default: LONGBATCH_CACHE, else auto)")
     p.add_argument("--exact-count", action="store_true", default=None,
                    help="count every document with the API's count_tokens (free), not only those whose "
                         "local estimate is too close to a limit to decide")
@@ -97,8 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="use the built-in local simulator (no API key, no cost; reports are simulated)")
     run.add_argument("--no-wait", action="store_true", help="submit and return; `longbatch collect` finishes")
     run.add_argument("--budget-usd", type=float, help="refuse to submit if the run could cost more than this")
+    run.add_argument("--daily-cap-usd", type=float,
+                     help="refuse to submit if today's (UTC) billed spend plus the worst case of everything in "
+                          "flight and of this run would exceed this (default: LONGBATCH_DAILY_CAP_USD)")
+    run.add_argument("--monthly-cap-usd", type=float,
+                     help="the same for this month (UTC) (default: LONGBATCH_MONTHLY_CAP_USD)")
     run.add_argument("--max-attempts", type=int,
-                     help="tries per request for expired, canceled or transient errors (default: 3)")
+                     help="tries per request for expired or transiently failed requests (default: 3)")
+    run.add_argument("--resend-canceled", action="store_true", default=None,
+                     help="send again the requests whose batch the user canceled (never done unasked)")
     run.add_argument("--dask-address", metavar="tcp://HOST:PORT",
                      help="read and count the documents on this Dask scheduler's workers (pip install "
                           "'longbatch[dask]'; they must see the inbox at the same path; default: "
@@ -124,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--wait", action="store_true", help="wait until every pending batch has ended")
     collect.add_argument("--inbox", type=Path,
                          help="where the documents are, to rebuild retried requests (default: DATA_DIR/inbox)")
+    collect.add_argument("--resend-canceled", action="store_true",
+                         help="send again the requests whose batch the user canceled (never done unasked)")
+
+    cancel = sub.add_parser("cancel", help="cancel batches in flight; what they had not run is never resent unasked",
+                            description="Cancel the named batches (see `longbatch status`), or with --all every "
+                                        "batch in flight and the requests still queued. Results that finished "
+                                        "before the cancel are collected and reported; the rest end as "
+                                        "'canceled by user' and are sent again only with --resend-canceled.")
+    _common(cancel)
+    cancel.add_argument("batch_ids", nargs="*", metavar="BATCH_ID", help="msgbatch_... or the ledger's lb_... id")
+    cancel.add_argument("--all", action="store_true", dest="all_in_flight", help="every batch in flight")
+    cancel.add_argument("--simulate", action="store_true", default=None, help="talk to the built-in simulator")
 
     status = sub.add_parser("status", help="pending batches and requests",
                             description="List the batches sent from the data dir that are not collected yet (their "
@@ -132,11 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
                                         "ledger only: nothing is sent and no key is needed.")
     _common(status)
     usage = sub.add_parser("usage", help="tokens and money spent, from the ledger",
-                           description="Sum, per model, the input and output tokens and the dollars billed for every "
-                                       "succeeded request in the ledger (batch prices, from the usage the API "
-                                       "returned); errored, canceled and expired requests are not billed. Reads the "
-                                       "ledger only: nothing is sent and no key is needed.")
+                           description="Tokens and dollars billed for every succeeded request in the ledger, "
+                                       "per day, model, prompt and run, with the cache hit rate and what prompt "
+                                       "caching saved (batch prices, from the usage the API returned); errored, "
+                                       "canceled and expired requests are not billed. Reads the ledger only: "
+                                       "nothing is sent and no key is needed.")
     _common(usage)
+    usage.add_argument("--by", default="day,model,prompt,run", metavar="GROUPS",
+                       help="comma-separated groups among day, model, prompt, run (default: all four)")
+    usage.add_argument("--csv", type=Path, metavar="FILE", help="also write the table as CSV to FILE")
 
     sim = sub.add_parser("simulator", help="run the local Batches API simulator as a server",
                          description="Serve the simulator on HOST:PORT. Point longbatch (or any Anthropic SDK) "

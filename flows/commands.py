@@ -21,7 +21,7 @@ def _planning_values(args: argparse.Namespace) -> dict[str, Any]:
     return {"data_dir": args.data_dir, "inbox": args.inbox, "model": args.model, "prompts": args.prompts,
             "max_output_tokens": args.max_output_tokens, "min_output_tokens": args.min_output_tokens,
             "betas": args.betas, "pdf_mode": args.pdf_mode, "exact_count": args.exact_count,
-            "follow_links": args.follow_links, "project": args.project}
+            "follow_links": args.follow_links, "project": args.project, "cache": args.cache}
 
 
 def _preflight(settings: Any) -> None:
@@ -81,7 +81,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     values = {k: (str(v) if isinstance(v, Path) else v) for k, v in _planning_values(args).items()}
     params = RunParameters(**values, wait=False if args.no_wait else None, simulate=args.simulate,
-                           budget_usd=args.budget_usd, max_attempts=args.max_attempts, dask_address=args.dask_address)
+                           budget_usd=args.budget_usd, max_attempts=args.max_attempts, dask_address=args.dask_address,
+                           resend_canceled=args.resend_canceled, daily_cap_usd=args.daily_cap_usd,
+                           monthly_cap_usd=args.monthly_cap_usd)
     settings = params.settings()
     _preflight(settings)
     from flows.process import process_documents
@@ -146,10 +148,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if frame.empty:
         print(f"No documents in {settings.inbox_dir}.")
         return 0
+    from flows.planning import expected_for
+
+    expected, expected_note = expected_for(plan, settings)  # the expected cost beside the worst case
+    frame["expected_cost_usd"] = frame["custom_id"].map(expected).round(6)
     out = settings.data_dir / "plan.csv"
     atomic_write_text(out, csv_text(frame))
     show = frame[["source", "prompt", "status", "part", "pages", "chars", "cl100k_tokens", "exact_input_tokens",
-                  "est_input_tokens", "upper_input_tokens", "granted_max_tokens", "batch", "max_cost_usd"]].copy()
+                  "est_input_tokens", "upper_input_tokens", "granted_max_tokens", "batch", "expected_cost_usd",
+                  "max_cost_usd"]].copy()
     for column in ("pages", "exact_input_tokens", "batch"):
         show[column] = show[column].astype("Int64").astype("string").fillna("-")
     # A split document's parts and combining steps sit under its row, named by what they cover.
@@ -166,8 +173,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
     unsent = sum(1 for r in plan.document_rows if r.status != "ready")
     print(f"\n{len(plan.document_rows)} document row(s), {len(plan.requests)} request(s) in {len(plan.batches)} "
           f"batch(es)" + (f" and {steps} combining step(s) sent once their parts are done" if steps else "")
-          + f", for {model.id}. Estimated input cost ${plan.est_input_usd:,.2f}; at most ${plan.max_cost_usd:,.2f} "
-          f"if every granted output token is used (batch prices, 50% off)"
+          + f", for {model.id}. Expected cost ${sum(expected.values()):,.2f} ({expected_note}, cache reads "
+          f"and writes as planned); at most ${plan.max_cost_usd:,.2f} if every granted output token is used "
+          f"(batch prices, 50% off)"
           + (f"; the {unsent} row(s) that do not fit, cannot be read or are duplicates are not sent and not "
              f"counted" if unsent else "") + f". Written to {out}.")
     return 0
@@ -209,7 +217,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     with temporary_prefect_server():  # dies with this process, however it ends
         result = collect_batches(data_dir=str(settings.data_dir), simulate=settings.simulate, wait=args.wait,
-                                 inbox=str(args.inbox) if args.inbox else None, project=args.project)
+                                 inbox=str(args.inbox) if args.inbox else None, project=args.project,
+                                 resend_canceled=args.resend_canceled)
     _print_summary(Path(result["summary_csv"]), settings.data_dir)
     return 0
 
@@ -265,10 +274,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
-    import pandas as pd
-
-    from dataclasses import asdict
-
+    from flows.usage import usage_report
     from longbatch.ledger import Ledger
     from longbatch.problems import check_data_dir
     from longbatch.settings import Settings
@@ -277,21 +283,27 @@ def cmd_usage(args: argparse.Namespace) -> int:
     check_data_dir(settings.data_dir, write=False)
     ledger = Ledger.existing(settings)
     if ledger is None:
-        print(f"No ledger in {args.data_dir or 'the data directory'}: nothing spent.")
+        print(f"No ledger in {settings.data_dir}: nothing spent.")
         return 0
-    frame = pd.DataFrame([{**asdict(u.result), "model": u.model, "source": u.source, "prompt": u.prompt}
-                          for u in ledger.usage_rows()])
-    ledger.close()
-    if frame.empty:
-        print("No results yet: nothing spent.")
-        return 0
-    billed = frame[frame["result_type"] == "succeeded"]
-    table = billed.groupby("model")[["input_tokens", "output_tokens", "cost_usd"]].sum()
-    table["requests"] = billed.groupby("model").size()
-    print(table.to_string(float_format=lambda v: f"{v:,.4f}"))
-    print(f"\nTotal: ${billed['cost_usd'].sum():,.4f} for {len(billed)} succeeded request(s); "
-          f"{len(frame) - len(billed)} unbilled (errored, canceled or expired).")
+    try:
+        records = ledger.usage_rows()
+    finally:
+        ledger.close()
+    try:
+        print(usage_report(records, args.by.split(","), args.csv))
+    except ValueError as exc:
+        print(f"longbatch: --by: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
     return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from flows.cancel import cancel_batches
+
+    result = cancel_batches(args.batch_ids, args.all_in_flight, str(args.data_dir) if args.data_dir else None,
+                            args.simulate)
+    print("\n".join(result["lines"]))
+    return 1 if result["failed"] else 0
 
 
 def cmd_simulator(args: argparse.Namespace) -> int:
@@ -336,4 +348,4 @@ def _print_summary(path: Path, data_dir: Path) -> None:
 
 
 COMMANDS = {"run": cmd_run, "plan": cmd_plan, "collect": cmd_collect, "status": cmd_status,
-            "usage": cmd_usage, "simulator": cmd_simulator}
+            "usage": cmd_usage, "simulator": cmd_simulator, "cancel": cmd_cancel}

@@ -40,6 +40,8 @@ class RunParameters(BaseModel):
     min_output_tokens: int | None = _described("min_output_tokens", gt=0)
     wait: bool | None = _described("wait")
     budget_usd: float | None = _described("budget_usd", ge=0)
+    daily_cap_usd: float | None = _described("daily_cap_usd", ge=0)
+    monthly_cap_usd: float | None = _described("monthly_cap_usd", ge=0)
     simulate: bool | None = _described("simulate")
     max_attempts: int | None = _described("max_attempts", ge=1, le=10)
     exact_count: bool | None = _described("exact_count")
@@ -48,6 +50,8 @@ class RunParameters(BaseModel):
     follow_links: bool | None = _described("follow_links")
     project: str | None = _described("project")
     dask_address: str | None = _described("dask_address")
+    cache: Literal["auto", "prime", "off"] | None = _described("cache")
+    resend_canceled: bool | None = _described("resend_canceled")
 
     def settings(self) -> Settings:
         return Settings.given(**self.model_dump())

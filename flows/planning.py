@@ -30,3 +30,23 @@ def build_plan(settings: Settings, client: anthropic.Anthropic | None = None) ->
                                    everything=settings.exact_count)
         plan = plan_for(items, prompts, model, settings, counts)
     return plan, model
+
+
+def expected_for(plan: Plan, settings: Settings) -> tuple[dict[str, float], str]:
+    """Expected dollars per request of the plan (tasks/expected.py), output shares learnt from
+    the ledger when there is one; and a line saying where the output shares came from."""
+    from longbatch.ledger import Ledger
+    from tasks.expected import DEFAULT_OUTPUT_FRACTION, expected_costs, output_fractions
+
+    ledger = Ledger.existing(settings)
+    fractions = {}
+    if ledger is not None:
+        try:
+            fractions = output_fractions(ledger.usage_rows())
+        finally:
+            ledger.close()
+    learnt = sorted({f"{prompt} {share:.0%}" for (model, prompt), share in fractions.items() if model == plan.model})
+    note = (f"output at the share of the grant used before ({', '.join(learnt)}; others "
+            f"{DEFAULT_OUTPUT_FRACTION:.0%})" if learnt else
+            f"output at {DEFAULT_OUTPUT_FRACTION:.0%} of the grant (no history yet for {plan.model})")
+    return expected_costs(plan, fractions), note

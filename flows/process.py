@@ -21,6 +21,7 @@ from pydantic import Field
 
 from flows.artifacts import WaitReporter, publish_run_artifacts
 from flows.dask import on_dask
+from flows.cancel import resend_canceled as resend_canceled_requests
 from flows.parameters import RunParameters
 from longbatch.api import check_api_access, model_from_api, open_api
 from longbatch.catalog import ModelSpec, get_model, normalize_betas, retirement_warning
@@ -31,13 +32,15 @@ from longbatch.settings import Settings
 from longbatch.transient import tolerate_transient
 from tasks import batches as batch_io
 from tasks.build import PlannedRequest
-from tasks.claim import check_budget, claim_plan, plan_records
+from tasks.caps import standing_caps
+from tasks.claim import check_budget, claim_plan, new_work_usd, plan_records
 from tasks.collect import CollectStats, collect_batch, settle_retries
 from tasks.counting import count_near_limits
 from tasks.ingest import Document, IngestFailure, discover
 from tasks.ingest_pool import read_documents
 from tasks.packing import pack
 from tasks.plan import Plan, plan_for
+from tasks.priming import release_primed
 from tasks.prompts import Prompt, load_prompts
 from tasks.rebuild import queued_requests
 from tasks.recover import recover_from_reports
@@ -196,9 +199,12 @@ def advance(client: anthropic.Anthropic, ledger: Ledger, settings: Settings,
     something was sent, so there is more to wait for."""
     collect_task(client, ledger, settings.data_dir)
     requeued = settle_retries(ledger, settings.max_attempts)
+    primed = release_primed(ledger)  # issue 12: requests held until their document's cache was primed
     combining = advance_reductions(ledger, settings.data_dir)
-    if not requeued and not combining:
+    if not requeued and not combining and not primed:
         return False
+    if primed:
+        get_run_logger().info("sending %d request(s) that read a document cached by an earlier one", len(primed))
     if requeued:
         get_run_logger().info("resubmitting %d request(s) that expired, were canceled or hit transient errors",
                               len(requeued))
@@ -259,7 +265,11 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
             ledger.record_plan(plan_records(plan), [item.source for item in items])
             failpoint("after-plan")
             check_budget(plan, ledger, settings.budget_usd)
-            claim_plan(ledger, plan)
+            with standing_caps(ledger, new_work_usd(plan, ledger), settings.daily_cap_usd,  # issue 12
+                               settings.monthly_cap_usd):
+                claim_plan(ledger, plan)
+            if settings.resend_canceled:
+                resend_canceled_requests(ledger)  # issue 12: only when asked
             reconcile_task(client, ledger, settings)
             submit_until_settled(client, ledger, plan.requests, settings)
             if settings.wait:
@@ -278,6 +288,7 @@ def collect_batches(
     max_attempts: Annotated[int | None, Field(ge=1, le=10)] = None,
     inbox: str | None = None,
     project: str | None = None,
+    resend_canceled: bool = False,
 ) -> dict[str, Any]:
     """Look at every pending batch, assemble what ended, resubmit what may be retried (rebuilt
     from the inbox), and with `wait` go on until nothing is pending.
@@ -290,6 +301,7 @@ def collect_batches(
         inbox: Where the documents are, to rebuild retried requests. Empty: the data directory's inbox/.
         project: On a shared ledger, the project whose work to collect. Empty: LONGBATCH_PROJECT if set, else
             the data directory's resolved path.
+        resend_canceled: Send again the requests whose batch the user canceled (never done unasked).
     """
     settings = Settings.given(data_dir=data_dir, simulate=simulate, max_attempts=max_attempts, inbox=inbox,
                               project=project)
@@ -297,6 +309,8 @@ def collect_batches(
     ledger = Ledger.open(settings)
     try:
         with open_api(settings) as client:
+            if resend_canceled:
+                resend_canceled_requests(ledger)  # issue 12: only when asked
             reconcile_task(client, ledger, settings)
             submit_until_settled(client, ledger, queued_requests(ledger, settings.inbox_dir, settings.data_dir),
                                  settings)

@@ -26,11 +26,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from longbatch.piece import Piece, StepLinks, stored_meta
-from longbatch.records import (CREATE_FAILED, SUPERSEDED, BatchRecord, BatchState, NewRequest, PlanRecord, PlanRow,
+from longbatch.records import (CANCELED_BY_USER, CREATE_FAILED, PENDING_REQUEST_STATES, SUPERSEDED, BatchRecord, BatchState, NewRequest, PlanRecord, PlanRow,
                                PlanStatus, RequestRecord, RequestState, ResultRecord, StepRecipe, StepRecord,
                                StepState, UsageRecord)
-from longbatch.schema import (SCHEMA_VERSION, batch_members, batches, default_url, open_engine, plan_rows,
-                              reductions, requests, results, token_counts)
+from longbatch.schema import (SCHEMA_VERSION, batch_members, batches, default_url, meta, open_engine, plan_rows,
+                              reductions, requests, results, spend_reservations, token_counts)
+from longbatch.runs import current_run_id
 from longbatch.settings import Settings
 
 __all__ = ["SCHEMA_VERSION", "BatchRecord", "Ledger", "default_url"]
@@ -49,7 +50,7 @@ def _request(r: Mapping[str, Any]) -> RequestRecord:
         r["fingerprint"], r["custom_id"], r["doc_id"], r["source"], r["sha256"], r["prompt"], r["model"],
         r["max_tokens"], _betas(r["betas"]), Piece.from_meta(meta), StepLinks.from_meta(meta),
         RequestState(r["state"]), r["attempts"], r["batch_id"], r["error_type"], r["error_message"],
-        r["created_at"], r["updated_at"])
+        r["created_at"], r["updated_at"], primer=r["primer"])
 
 
 def _result(r: Mapping[str, Any]) -> ResultRecord:
@@ -170,9 +171,10 @@ class Ledger:
                                           .where(self._mine(requests) & requests.c.fingerprint.in_(chunk))).scalars())
         return found
 
-    def claim(self, req: NewRequest) -> bool:
-        """Record a new request as queued. True if this call created it; False if the same work
-        (same fingerprint) is already known, from an earlier run or a concurrent one."""
+    def claim(self, req: NewRequest, primer: str | None = None, max_cost_usd: float | None = None) -> bool:
+        """Record a new request as queued (held, when `primer` is the request that caches its
+        document first). True if this call created it; False if the same work (same
+        fingerprint) is already known, from an earlier run or a concurrent one."""
         now = time.time()
         meta = stored_meta(req.piece, req.links)
         try:
@@ -180,8 +182,10 @@ class Ledger:
                 conn.execute(requests.insert().values(
                     scope=self.scope, fingerprint=req.fingerprint, custom_id=req.custom_id, doc_id=req.doc_id, source=req.source,
                     sha256=req.sha256, prompt=req.prompt, model=req.model, max_tokens=req.max_tokens,
-                    betas=",".join(req.betas), meta=json.dumps(meta) if meta else None,
-                    state=RequestState.QUEUED, attempts=0, created_at=now, updated_at=now))
+                    betas=",".join(req.betas), meta=json.dumps(meta) if meta else None, primer=primer,
+                    max_cost_usd=max_cost_usd,
+                    state=RequestState.HELD if primer else RequestState.QUEUED, attempts=0, created_at=now,
+                    updated_at=now))
             return True
         except sa.exc.IntegrityError:
             return False
@@ -216,7 +220,7 @@ class Ledger:
         with self.tx() as conn:
             return conn.execute(requests.update().where(
                 self._mine(requests) & (requests.c.custom_id == custom_id) & (requests.c.fingerprint != current_fingerprint)
-                & ((requests.c.state == RequestState.QUEUED)
+                & ((requests.c.state == RequestState.QUEUED) | (requests.c.state == RequestState.HELD)
                    | ((requests.c.state == RequestState.FAILED) & (requests.c.error_type == CREATE_FAILED)))
             ).values(state=RequestState.FAILED, error_type=SUPERSEDED, updated_at=time.time(),
                      error_message="replaced by a newer plan of the same document and prompt")).rowcount
@@ -320,7 +324,7 @@ class Ledger:
         won: list[str] = []
         with self.tx() as conn:
             conn.execute(batches.insert().values(id=batch_id, scope=self.scope, state=BatchState.INTENT, betas=",".join(betas),
-                                                 request_count=0, intent_at=now))
+                                                 request_count=0, intent_at=now, run_id=current_run_id()))
             for custom_id, fp in members:
                 taken = conn.execute(
                     requests.update()
@@ -450,8 +454,126 @@ class Ledger:
             upsert(conn, token_counts, ("key",), dict(key=key, input_tokens=input_tokens, counted_at=time.time()))
 
     def usage_rows(self) -> list[UsageRecord]:
+        """Every result with its request's model, source and prompt, and the run of its batch."""
         with self.tx() as conn:
-            q = sa.select(results, requests.c.model, requests.c.source, requests.c.prompt).join(
+            q = sa.select(results, requests.c.model, requests.c.source, requests.c.prompt, requests.c.max_tokens,
+                          batches.c.run_id).join(
                 requests, (requests.c.scope == results.c.scope) & (requests.c.fingerprint == results.c.fingerprint)
-            ).where(self._mine(results))
-            return [UsageRecord(_result(r), r["model"], r["source"], r["prompt"]) for r in conn.execute(q).mappings()]
+            ).outerjoin(batches, batches.c.api_id == results.c.batch_id).where(self._mine(results))
+            rows = list(conn.execute(q).mappings())
+            run_ids = sorted({r["run_id"] for r in rows if r["run_id"]})
+            started = dict(conn.execute(sa.select(batches.c.run_id, sa.func.min(batches.c.intent_at))
+                                        .where(batches.c.run_id.in_(run_ids)).group_by(batches.c.run_id)).all())
+            return [UsageRecord(_result(r), r["model"], r["source"], r["prompt"], r["run_id"],
+                                started.get(r["run_id"]), r["max_tokens"]) for r in rows]
+
+    # -- cancel (issue 12) ------------------------------------------------------------------------
+
+    def record_cancel(self, batch_id: str) -> None:
+        """The user canceled this batch (recorded before the API is asked, so a collect never
+        sees the canceled results without it)."""
+        with self.tx() as conn:
+            conn.execute(batches.update().where(self._mine(batches) & (batches.c.id == batch_id)
+                                                & batches.c.canceled_at.is_(None))
+                         .values(canceled_at=time.time()))
+
+    def canceled_batches(self) -> set[str]:
+        """Our ids of the batches the user canceled."""
+        with self.tx() as conn:
+            return set(conn.execute(sa.select(batches.c.id).where(self._mine(batches)
+                                                                 & batches.c.canceled_at.is_not(None))).scalars())
+
+    def cancel_queued(self, message: str) -> list[str]:
+        """Queued and held requests (not yet in any batch) set aside as canceled by the user;
+        each only if still so, so a request a concurrent run is sending is left to its batch."""
+        done = []
+        with self.tx() as conn:
+            unsent = (RequestState.QUEUED, RequestState.HELD)
+            for fp in conn.execute(sa.select(requests.c.fingerprint)
+                                   .where(self._mine(requests) & requests.c.state.in_(unsent))).scalars().all():
+                if conn.execute(requests.update().where(
+                        self._mine(requests) & (requests.c.fingerprint == fp) & requests.c.state.in_(unsent))
+                        .values(state=RequestState.FAILED, error_type=CANCELED_BY_USER, error_message=message,
+                                updated_at=time.time())).rowcount:
+                    done.append(fp)
+        return done
+
+    def requeue_canceled(self) -> list[str]:
+        """`--resend-canceled`: requests the user canceled go back to queued (each once)."""
+        with self.tx() as conn:
+            fps = conn.execute(sa.select(requests.c.fingerprint).where(
+                self._mine(requests) & (requests.c.state == RequestState.FAILED)
+                & (requests.c.error_type == CANCELED_BY_USER))).scalars().all()
+            done = []
+            for fp in fps:
+                if conn.execute(requests.update().where(
+                        self._mine(requests) & (requests.c.fingerprint == fp) & (requests.c.state == RequestState.FAILED)
+                        & (requests.c.error_type == CANCELED_BY_USER))
+                        .values(state=RequestState.QUEUED, error_type=None, error_message=None,
+                                updated_at=time.time())).rowcount:
+                    done.append(fp)
+            return done
+
+    # -- priming (issue 12) -----------------------------------------------------------------------
+
+    def held_with_primer_state(self) -> list[tuple[str, RequestState | None, str | None]]:
+        """Held requests with their primer's state and error type (None: primer unknown)."""
+        primers = requests.alias("primers")
+        with self.tx() as conn:
+            q = sa.select(requests.c.fingerprint, primers.c.state, primers.c.error_type).outerjoin(
+                primers, (primers.c.scope == requests.c.scope) & (primers.c.fingerprint == requests.c.primer)
+            ).where(self._mine(requests) & (requests.c.state == RequestState.HELD))
+            return [(fp, RequestState(state) if state else None, error) for fp, state, error in conn.execute(q)]
+
+    def release_held(self, fingerprint: str, to: RequestState, error_type: str | None = None,
+                     error_message: str | None = None) -> bool:
+        """held -> queued (or failed): one conditional update, so one caller wins it."""
+        with self.tx() as conn:
+            return conn.execute(requests.update().where(
+                self._mine(requests) & (requests.c.fingerprint == fingerprint) & (requests.c.state == RequestState.HELD))
+                .values(state=to, error_type=error_type, error_message=error_message,
+                        updated_at=time.time())).rowcount == 1
+
+    # -- standing caps (issue 12) -----------------------------------------------------------------
+
+    def reserve_spend(self, decide: Any, reservation_ttl: float = 900.0) -> tuple[str | None, Any]:
+        """Serialised with every other reservation (a write lock first, in one transaction):
+        `decide(SpendState)` sees what was billed since each period start, the work in flight and
+        the live reservations, and returns (amount to reserve or None to refuse, its verdict).
+        Returns (reservation id or None, verdict)."""
+        now = time.time()
+        with self.tx() as conn:
+            # Take the write lock before reading, so two runs cannot both see the same room.
+            conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=meta.c.value))
+            state = SpendState(
+                billed=[(r.received_at, r.cost_usd or 0.0) for r in conn.execute(
+                    sa.select(results.c.received_at, results.c.cost_usd).where(results.c.result_type == "succeeded"))],
+                in_flight=[(r.model, r.max_tokens, r.max_cost_usd, r.batch_id) for r in conn.execute(
+                    sa.select(requests.c.model, requests.c.max_tokens, requests.c.max_cost_usd, requests.c.batch_id)
+                    .where(requests.c.state.in_(PENDING_REQUEST_STATES)))],
+                waiting_steps=[json.loads(d) for d in conn.execute(
+                    sa.select(reductions.c.data).where(reductions.c.state == StepState.WAITING)).scalars()],
+                reserved=sum(conn.execute(sa.select(spend_reservations.c.amount_usd).where(
+                    spend_reservations.c.created_at > now - reservation_ttl)).scalars()),
+                now=now)
+            amount, verdict = decide(state)
+            if amount is None:
+                return None, verdict
+            rid = f"sr_{uuid.uuid4().hex[:20]}"
+            conn.execute(spend_reservations.insert().values(id=rid, amount_usd=amount, created_at=now))
+            return rid, verdict
+
+    def release_spend(self, reservation_id: str) -> None:
+        """The run has claimed its work (now counted as in flight) or gave up."""
+        with self.tx() as conn:
+            conn.execute(spend_reservations.delete().where(spend_reservations.c.id == reservation_id))
+
+
+@dataclasses.dataclass(frozen=True)
+class SpendState:
+    """What the standing caps count, read under the lock (see Ledger.reserve_spend)."""
+    billed: list[tuple[float, float]]  # (received_at, cost) of every billed result
+    in_flight: list[tuple[str, int, float | None, str | None]]  # (model, max_tokens, worst case, batch) of pending requests
+    waiting_steps: list[dict[str, Any]]  # recipes of combining steps not yet built
+    reserved: float  # spend other runs were allowed and have not claimed yet
+    now: float

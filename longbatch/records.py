@@ -11,6 +11,11 @@ States and their transitions are written down here, once:
     batch     intent ──> submitted ──> ended ──> collected
                  └──> failed (never created) | unknown (outcome unheard) ──> submitted (found) | failed
     step      waiting ──> built (its request claimed) | failed (a part failed for good)
+
+    A request whose batch the user canceled ends failed (canceled_by_user); only
+    `--resend-canceled` moves it back to queued.
+    A request that reads a document another request caches first starts held:
+    held ──> queued (its primer ended) | failed (canceled_by_user, with its primer; superseded)
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from longbatch.piece import Piece, PieceKind, StepLinks
 
 
 class RequestState(StrEnum):
+    HELD = "held"  # waits for the request that primes the prompt cache (tasks/priming.py)
     QUEUED = "queued"
     SUBMITTING = "submitting"
     SUBMITTED = "submitted"
@@ -32,7 +38,7 @@ class RequestState(StrEnum):
     FAILED = "failed"
 
 
-PENDING_REQUEST_STATES = (RequestState.QUEUED, RequestState.SUBMITTING, RequestState.SUBMITTED,
+PENDING_REQUEST_STATES = (RequestState.HELD, RequestState.QUEUED, RequestState.SUBMITTING, RequestState.SUBMITTED,
                           RequestState.RETRYABLE)
 
 
@@ -59,6 +65,9 @@ CREATE_FAILED = "create_failed"  # the create was refused: the request never rea
 SUPERSEDED = "superseded"  # a newer plan of the same document and prompt replaced it
 NOT_REBUILDABLE = "not_rebuildable"  # its document or prompt changed before it could be sent
 MISSING_RESULT = "missing_result"  # its batch ended without a line for it
+# Its batch was canceled (longbatch never cancels on its own: a person did, with `longbatch
+# cancel` or in the Console). Never resent unasked: `--resend-canceled` queues it again.
+CANCELED_BY_USER = "canceled_by_user"
 
 
 class PlanStatus(StrEnum):
@@ -200,6 +209,7 @@ class RequestRecord(NewRequest):
     error_message: str | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    primer: str | None = None  # the request priming the cache for this one (it was held until then)
 
 
 @dataclass(frozen=True)
@@ -226,11 +236,15 @@ class ResultRecord:
 
 @dataclass(frozen=True)
 class UsageRecord:
-    """A result with the model, document and prompt it was for (`longbatch usage`)."""
+    """A result with the model, document and prompt it was for (`longbatch usage`), and the run
+    that sent it (None for results older than schema 6)."""
     result: ResultRecord
     model: str
     source: str
     prompt: str
+    run_id: str | None = None
+    run_started_at: float | None = None
+    max_tokens: int = 0  # the request's grant, to learn what share of it a model and prompt use
 
 
 @dataclass(frozen=True)

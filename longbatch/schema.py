@@ -18,7 +18,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from longbatch.errors import ConfigError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 # Every row of work belongs to a scope (schema 6): the data dir, or the project, that made it.
 # A data dir's own SQLite ledger uses "" (the scope every row written before schema 6 has); a
@@ -76,6 +76,20 @@ requests = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
     # A split document's part or combining step (schema 4), as JSON: which one, what it covers.
     sa.Column("meta", sa.Text),
+    # Schema 6: the request that primes the prompt cache for this one; it is held until then.
+    sa.Column("primer", sa.String(64)),
+    # Schema 6: the most it can cost (every granted token used, cache write included), for the
+    # standing caps' count of what is in flight.
+    sa.Column("max_cost_usd", sa.Float),
+)
+
+# Schema 6: spend a run has been allowed under the standing caps (daily, monthly) but has not
+# recorded as requests yet; counted as in flight until the run has claimed its work.
+spend_reservations = sa.Table(
+    "spend_reservations", metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("amount_usd", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
 )
 
 # Combining steps of split documents (schema 4): the recipe is known at plan time, the request
@@ -115,6 +129,10 @@ batches = sa.Table(
     # Found on the server after an unconfirmed create (schema 2): its custom_ids are checked
     # against ours when its results arrive.
     sa.Column("adopted", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Schema 6: the run (Prefect flow run, else the process) that created it, for `longbatch
+    # usage`; and when the user canceled it (`longbatch cancel`).
+    sa.Column("run_id", sa.String(64)),
+    sa.Column("canceled_at", sa.Float),
 )
 
 batch_members = sa.Table(
@@ -244,7 +262,18 @@ def _rebuild_sqlite(conn: Connection, table: sa.Table) -> None:
     conn.execute(sa.text(f"DROP TABLE {old}"))
 
 
-MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6}
+def _v6_to_v7(conn: Connection) -> None:
+    """Batches say which run made them and when the user canceled them; a request which
+    request primes the cache for it and its worst-case cost (spend_reservations is a new table:
+    create_all has made it)."""
+    # A table schema 6 rebuilt (SQLite) already has them: add only what is missing.
+    for table, column, kind in (("requests", "primer", "VARCHAR(64)"), ("requests", "max_cost_usd", "FLOAT"),
+                                ("batches", "run_id", "VARCHAR(64)"), ("batches", "canceled_at", "FLOAT")):
+        if column not in _columns(conn, table):
+            conn.execute(sa.text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+
+
+MIGRATIONS = {1: _v1_to_v2, 2: _v2_to_v3, 3: _v3_to_v4, 4: _v4_to_v5, 5: _v5_to_v6, 6: _v6_to_v7}
 
 
 # count_tokens answers, cached by what was counted (schema 3): free, but rate-limited.

@@ -36,18 +36,31 @@ class Settings(BaseSettings):
         DEFAULT_MIN_OUTPUT_TOKENS, gt=0, description="A document that cannot get this much output does not fit.")
     budget_usd: float | None = Field(
         None, ge=0, description="Refuse to submit when the most this run could cost exceeds this many dollars.")
+    daily_cap_usd: float | None = Field(
+        None, ge=0, description="Refuse to submit when what was billed today (UTC) plus the worst case of all work "
+                                "in flight and of this run would exceed this many dollars.")
+    monthly_cap_usd: float | None = Field(
+        None, ge=0, description="The same, for the current month (UTC).")
     betas: list[str] = Field(
         default_factory=list, description="Extra beta headers for every batch (the retired context-1m is dropped).")
     pdf_mode: Literal["text", "native"] = Field(
         "text", description="PDFs as extracted text, or as the PDF itself, for tables and figures (document "
                             "blocks; split into page ranges over 600 pages or 32 MB).")
+    cache: Literal["auto", "prime", "off"] = Field(
+        "auto", description="Prompt caching of documents three or more prompts read (with two, the 1 h write "
+                            "costs more than the read saves): a 1 h cache breakpoint after the document (later reads "
+                            "cost a tenth). prime: one request per document goes "
+                            "first, the others once it has ended; auto: prime when that saves at least $0.10 "
+                            "more per document than hits inside one batch, else no caching; off: no caching.")
     exact_count: bool = Field(False, description="Count every document with count_tokens, not only those near a "
                                                  "limit.")
     simulate: bool = Field(False, description="Use the built-in local simulator instead of the Anthropic API.")
     wait: bool = Field(True, description="Wait for the batches and write reports; off = submit and return "
                                          "(the collector finishes).")
-    max_attempts: int = Field(3, ge=1, le=10, description="Tries per request for expired, canceled and "
-                                                          "transiently failed requests.")
+    max_attempts: int = Field(3, ge=1, le=10, description="Tries per request for expired and transiently failed "
+                                                          "requests.")
+    resend_canceled: bool = Field(False, description="Send again the requests whose batch the user canceled "
+                                                     "(never done unasked).")
     follow_links: bool = Field(False, description="Read what links in the inbox point to, even outside it.")
 
     # Where things are.

@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from longbatch.catalog import ALIASES, BUILTIN_MODELS, OUTPUT_300K_BETA, OUTPUT_300K_MAX, ModelSpec
 from longbatch.fsutil import atomic_write_bytes
 from simulator import outline
+from simulator.prompt_cache import PromptCache
 from simulator.pdf import PdfBlockError, read_block as read_pdf_block
 from simulator.tokens import REQUEST_OVERHEAD, count_for_family
 
@@ -87,6 +88,9 @@ class SimConfig(BaseSettings):
     echo_key_in_errors: bool = False
     require_api_key: str | None = None
     bogus_create_body: Literal["", "json", "html"] = ""
+    # Prompt caching: the chance that a request reads a prefix another request of the same batch
+    # wrote (best effort in batches: 30-98 % is reported); across batches a live entry always hits.
+    cache_hit_rate_in_batch: float = Field(0.6, ge=0, le=1)
     # The service's own model facts where they differ from the built-in table, e.g.
     # {"claude-sonnet-4-6": {"context_window": 500000, "lifecycle": "deprecated"}}.
     model_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -194,6 +198,8 @@ class Simulator:
         self._echo_keys: dict[str, str] = {}  # batch id -> the key its create was sent with
         if self.config.state_dir:
             self._load()
+        self.prompt_cache = PromptCache(self.config.cache_hit_rate_in_batch, self.config.seed,
+                                        self.config.state_dir / "prompt_cache.json" if self.config.state_dir else None)
 
     # -- fault injection ---------------------------------------------------------------------
 
@@ -395,12 +401,14 @@ class Simulator:
                 kind = "canceled" if batch.cancel_at is not None and batch.cancel_at <= end else "expired"
                 result: dict[str, Any] = {"type": kind}
             else:
-                result = self._chance_outcome(batch.id, req["custom_id"]) or self._process(req["params"], batch.betas)
+                result = (self._chance_outcome(batch.id, req["custom_id"])
+                          or self._process(req["params"], batch.betas, (done_at, batch.id, req["custom_id"])))
             if result["type"] == "errored" and batch.id in self._echo_keys:
                 result["error"]["error"]["message"] += echo_headers(self._echo_keys[batch.id])
             batch.counts[result["type"]] = batch.counts.get(result["type"], 0) + 1
             lines.append(json.dumps({"custom_id": req["custom_id"], "result": result}, ensure_ascii=False))
         # Results come back in any order: reverse pairs so no caller can rely on request order.
+        self.prompt_cache.save()
         order = list(range(n))
         order[::2] = order[::2][::-1]
         return ("\n".join(lines[i] for i in order) + "\n").encode("utf-8")
@@ -418,7 +426,9 @@ class Simulator:
             return {"type": "expired"}
         return None
 
-    def _process(self, params: dict[str, Any], betas: tuple[str, ...]) -> dict[str, Any]:
+    def _process(self, params: dict[str, Any], betas: tuple[str, ...],
+                 when: tuple[float, str, str] = (0.0, "", "")) -> dict[str, Any]:
+        """One request's result; `when`: the time it finished, its batch and custom_id (for the cache)."""
         def errored(error_type: str, message: str) -> dict[str, Any]:
             return {"type": "errored", "error": {"type": "error", "error": {"type": error_type, "message": message},
                                                  "request_id": f"req_{uuid.uuid4().hex[:24]}"}}
@@ -476,8 +486,8 @@ class Simulator:
         message = {
             "id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant", "model": spec.id,
             "content": [{"type": "text", "text": body}], "stop_reason": stop, "stop_sequence": None,
-            "usage": {"input_tokens": input_tokens, "output_tokens": count_for_family(body, spec.tokenizer),
-                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "service_tier": "batch"},
+            "usage": {**self.prompt_cache.usage(params, spec, input_tokens, *when, count_request_tokens),
+                      "output_tokens": count_for_family(body, spec.tokenizer), "service_tier": "batch"},
         }
         return {"type": "succeeded", "message": message}
 

@@ -15,8 +15,10 @@ from string import Template
 from anthropic.types.beta.messages.batch_create_params import Request
 from anthropic.types.beta.message_create_params import MessageCreateParamsNonStreaming
 
+from longbatch.cache import BREAKPOINT, cache_facts
 from longbatch.catalog import ModelSpec
 from longbatch.piece import Piece, StepLinks
+from longbatch.tokens import estimate_from_cl100k
 from tasks.ingest import Document
 from tasks.prompts import SYSTEM_PROMPT, Prompt
 
@@ -42,6 +44,12 @@ class PlannedRequest:
     def as_request(self) -> Request:
         return Request(custom_id=self.custom_id, params=self.params)
 
+    @property
+    def writes_cache(self) -> bool:
+        """It carries a cache breakpoint, so it may pay the cache write premium."""
+        content = self.params["messages"][0]["content"]
+        return isinstance(content, list) and any(isinstance(b, dict) and "cache_control" in b for b in content)
+
 
 def make_custom_id(doc_id: str, prompt_name: str, piece: Piece = Piece()) -> str:
     """Deterministic and within the API's rule `^[a-zA-Z0-9_-]{1,64}$`: a doc_id (<= 45
@@ -58,16 +66,43 @@ def make_custom_id(doc_id: str, prompt_name: str, piece: Piece = Piece()) -> str
     return cid
 
 
-def render_user_message(doc: Document, prompt: Prompt, max_tokens: int) -> str:
-    """The document first, the instructions after it: long-context prompts work best that way."""
-    name = doc.source.replace('"', "'").replace("\n", " ")
+def document_text(doc: Document) -> str:
+    """The document as every prompt sends it: byte for byte the same, so it can be cached once."""
+    name = _attr(doc.source)
     pages = f' pages="{doc.page_count}"' if doc.page_count else ""
-    instructions = Template(prompt.template).safe_substitute(
-        document_name=name,
-        pages=doc.page_count or "n/a",
-        max_output_tokens=f"{max_tokens:,}",
-    )
-    return f'<document name="{name}"{pages}>\n{doc.body}\n</document>\n\n{instructions}'
+    return f'<document name="{name}"{pages}>\n{doc.body}\n</document>'
+
+
+def render_user_message(doc: Document, prompt: Prompt, max_tokens: int) -> str:
+    """The document first, the instructions after it: long-context prompts work best that way.
+    (The text of `user_content`'s blocks joined, for counting.)"""
+    return f"{document_text(doc)}\n\n{_instructions(prompt, _attr(doc.source), doc.page_count, max_tokens)}"
+
+
+def user_content(doc: Document, prompt: Prompt, model: ModelSpec, max_tokens: int, cache: bool) -> list[dict]:
+    """The user turn as blocks: the document (identical across prompts, with the cache
+    breakpoint after it when `cache` and it is long enough), then the prompt's instructions."""
+    document = text_block(document_text(doc), cache and cacheable(model, doc.body_cl100k))
+    return [document, {"type": "text", "text": _instructions(prompt, _attr(doc.source), doc.page_count, max_tokens)}]
+
+
+def text_block(text: str, breakpoint: bool = False) -> dict:
+    return {"type": "text", "text": text, "cache_control": dict(BREAKPOINT)} if breakpoint else {"type": "text", "text": text}
+
+
+def cacheable(model: ModelSpec, cl100k_tokens: int) -> bool:
+    """Is a prefix of about this many cl100k tokens (the document; the system prompt is short)
+    long enough for the model to cache? Below the minimum a breakpoint is not set."""
+    return estimate_from_cl100k(cl100k_tokens, model.tokenizer).estimate >= cache_facts(model.id).min_tokens
+
+
+def without_cache_control(content: str | list) -> str | list:
+    """Content as the fingerprint sees it: a breakpoint changes what is billed, not what is
+    asked, so setting or dropping one never makes the same work look new."""
+    if isinstance(content, str):
+        return content
+    return [{k: v for k, v in block.items() if k != "cache_control"} if isinstance(block, dict) else block
+            for block in content]
 
 
 def _instructions(prompt: Prompt, name: str, pages: int | None, max_tokens: int) -> str:
@@ -79,19 +114,35 @@ def _attr(value: str) -> str:
     return value.replace('"', "'").replace("\n", " ")
 
 
-def render_part_message(doc: Document, index: int, count: int, covers: str, body: str, prompt: Prompt,
-                        max_tokens: int) -> str:
-    """One part of a split document: its text, what it is part of, and the user's instructions
-    narrowed to this part (the reports of all parts are combined afterwards)."""
+def _part_texts(doc: Document, index: int, count: int, covers: str, body: str, prompt: Prompt,
+                max_tokens: int) -> tuple[str, str]:
+    """One part of a split document: its text, then what it is part of and the user's
+    instructions narrowed to this part (the reports of all parts are combined afterwards)."""
     name = _attr(doc.source)
-    return (
-        f'<document name="{name}" part="{index} of {count}" covers="{_attr(covers)}">\n{body}\n</document>\n\n'
+    text = f'<document name="{name}" part="{index} of {count}" covers="{_attr(covers)}">\n{body}\n</document>'
+    instructions = (
         f'This is part {index} of {count} of the document "{name}" ({covers}); the whole document is too long '
         f"to read at once. Write the report asked for below on this part only. It will be combined with the "
         f"reports on the other parts into one report, so cover everything in this part in full detail, keep "
         f"page and section references, and do not guess at what the other parts contain.\n\n"
         + _instructions(prompt, name, doc.page_count, max_tokens)
     )
+    return text, instructions
+
+
+def render_part_message(doc: Document, index: int, count: int, covers: str, body: str, prompt: Prompt,
+                        max_tokens: int) -> str:
+    """`part_content`'s text joined, for counting."""
+    return "\n\n".join(_part_texts(doc, index, count, covers, body, prompt, max_tokens))
+
+
+def part_content(doc: Document, index: int, count: int, covers: str, body: str, prompt: Prompt, model: ModelSpec,
+                 max_tokens: int, cache: bool) -> list[dict]:
+    """A part as blocks: its text (the same for every prompt, cached like a whole document's),
+    then the instructions."""
+    text, instructions = _part_texts(doc, index, count, covers, body, prompt, max_tokens)
+    share = doc.body_cl100k * len(body) // max(1, len(doc.body))  # the part's share of the counted body
+    return [text_block(text, cache and cacheable(model, share)), {"type": "text", "text": instructions}]
 
 
 def render_native_instructions(doc: Document, prompt: Prompt, max_tokens: int,
@@ -142,35 +193,40 @@ def count_params(doc: Document, prompt: Prompt, model: ModelSpec, native: bool =
     if native:
         content, _ = native_content(doc, prompt, model.max_batch_output)
     else:
-        content = render_user_message(doc, prompt, model.max_batch_output)
+        content = user_content(doc, prompt, model, model.max_batch_output, cache=False)
     return {"model": model.id, "system": SYSTEM_PROMPT, "messages": [{"role": "user", "content": content}]}
 
 
 def native_content(doc: Document, prompt: Prompt, max_tokens: int, first: int = 1, last: int | None = None,
-                   part: tuple[int, int, str] | None = None) -> tuple[list, list]:
-    """A PDF document block (pages first..last) and the instructions after it; and the same
-    with the PDF's identity in place of its bytes, for the fingerprint."""
+                   part: tuple[int, int, str] | None = None, cache: bool = False) -> tuple[list, list]:
+    """A PDF document block (pages first..last; with the cache breakpoint after it when
+    `cache`: every page costs far more than any model's minimum) and the instructions after it;
+    and the same with the PDF's identity in place of its bytes, for the fingerprint."""
     from tasks.native import document_block, identity_block, pdf_for_pages
 
     last = last or len(doc.pages)
     title = doc.source if part is None else f"{doc.source} ({part[2]})"
     text = {"type": "text", "text": render_native_instructions(doc, prompt, max_tokens, part)}
-    return ([document_block(pdf_for_pages(doc, first, last), title), text],
-            [identity_block(doc, first, last, title), text])
+    block = document_block(pdf_for_pages(doc, first, last), title)
+    if cache:
+        block["cache_control"] = dict(BREAKPOINT)
+    return [block, text], [identity_block(doc, first, last, title), text]
 
 
 def build_native_request(doc: Document, prompt: Prompt, model: ModelSpec, max_tokens: int,
-                         extra_betas: tuple[str, ...] = ()) -> PlannedRequest:
-    content, identity = native_content(doc, prompt, max_tokens)
+                         extra_betas: tuple[str, ...] = (), cache: bool = False) -> PlannedRequest:
+    """`cache`: other requests share this document (see PlanPolicy.cache_prefixes)."""
+    content, identity = native_content(doc, prompt, max_tokens, cache=cache)
     piece = Piece(pdf_mode="native")
     return make_request(make_custom_id(doc.doc_id, prompt.name), doc.doc_id, prompt.name, model, max_tokens, content,
                         extra_betas, piece, identity_content=identity)
 
 
 def build_request(doc: Document, prompt: Prompt, model: ModelSpec, max_tokens: int,
-                  extra_betas: tuple[str, ...] = ()) -> PlannedRequest:
+                  extra_betas: tuple[str, ...] = (), cache: bool = False) -> PlannedRequest:
+    """`cache`: other requests share this document (see PlanPolicy.cache_prefixes)."""
     return make_request(make_custom_id(doc.doc_id, prompt.name), doc.doc_id, prompt.name, model, max_tokens,
-                        render_user_message(doc, prompt, max_tokens), extra_betas)
+                        user_content(doc, prompt, model, max_tokens, cache), extra_betas)
 
 
 def make_request(custom_id: str, doc_id: str, prompt_name: str, model: ModelSpec, max_tokens: int,
@@ -178,7 +234,7 @@ def make_request(custom_id: str, doc_id: str, prompt_name: str, model: ModelSpec
                  links: StepLinks | None = None, identity_content: list | None = None) -> PlannedRequest:
     """The one place a batch request is assembled, sized and fingerprinted. The fingerprint
     covers the exact params and betas, with `identity_content` (what a PDF block stands for)
-    in place of the content when given."""
+    in place of the content when given, and without cache breakpoints."""
     params: MessageCreateParamsNonStreaming = {
         "model": model.id,
         "max_tokens": max_tokens,
@@ -188,8 +244,8 @@ def make_request(custom_id: str, doc_id: str, prompt_name: str, model: ModelSpec
     betas = tuple(sorted(set(model.betas_for(max_tokens)) | set(extra_betas)))
     request = Request(custom_id=custom_id, params=params)
     body = serialise(request)
-    identity = body if identity_content is None else serialise(
-        Request(custom_id=custom_id, params={**params, "messages": [{"role": "user", "content": identity_content}]}))
+    identity = serialise(Request(custom_id=custom_id, params={**params, "messages": [
+        {"role": "user", "content": without_cache_control(user_content if identity_content is None else identity_content)}]}))
     fingerprint = hashlib.sha256(identity + json.dumps(sorted(betas)).encode()).hexdigest()
     return PlannedRequest(custom_id, doc_id, prompt_name, model.id, max_tokens, betas, params, len(body), fingerprint,
                           piece, links)

@@ -1,5 +1,6 @@
-"""Stage 4 — claiming: this plan's new work recorded in the ledger (queued requests, waiting
-combining steps, the document rows summary.csv reports on), once the budget allows it."""
+"""Stage 4 — claiming: this plan's new work recorded in the ledger (queued requests, held ones
+waiting for the request that primes their document's cache, waiting combining steps, the
+document rows summary.csv reports on), once the budget allows it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from longbatch.ledger import Ledger
 from longbatch.piece import PieceKind
 from longbatch.records import NewRequest, PlanRecord
 from tasks.plan import Plan
+from tasks.priming import release_primed
 
 
 def plan_records(plan: Plan) -> list[PlanRecord]:
@@ -22,19 +24,24 @@ def plan_records(plan: Plan) -> list[PlanRecord]:
             for row in plan.document_rows]
 
 
-def check_budget(plan: Plan, ledger: Ledger, budget: float | None) -> None:
-    """Refuse before sending when the new work could cost more than the budget. Work the
-    ledger already holds was paid for (or is in flight) and does not count again."""
-    if budget is None:
-        return
+def new_work_usd(plan: Plan, ledger: Ledger) -> float:
+    """The worst case of this plan's work that the ledger does not hold yet. Work the ledger
+    already holds was paid for (or is in flight) and does not count again."""
     fingerprints = {r.custom_id: r.fingerprint for r in plan.requests}
     known = ledger.known_fingerprints(list(fingerprints.values()))
     known_steps = ledger.known_reductions([s.key for s in plan.reductions])
     # Requests (whole documents and parts) and combining steps; a split document's own row
     # only sums those.
-    new_cost = sum(row.max_cost_usd for row in plan.rows
-                   if (row.piece.is_step and row.reduction not in known_steps)
-                   or (not row.piece.is_step and row.custom_id and fingerprints[row.custom_id] not in known))
+    return sum(row.max_cost_usd for row in plan.rows
+               if (row.piece.is_step and row.reduction not in known_steps)
+               or (not row.piece.is_step and row.custom_id and fingerprints[row.custom_id] not in known))
+
+
+def check_budget(plan: Plan, ledger: Ledger, budget: float | None) -> None:
+    """Refuse before sending when the new work could cost more than the budget."""
+    if budget is None:
+        return
+    new_cost = new_work_usd(plan, ledger)
     if new_cost > budget:
         raise BudgetExceededError(
             f"This run could cost up to ${new_cost:,.2f} (every granted output token used), over the budget "
@@ -49,11 +56,14 @@ def claim_plan(ledger: Ledger, plan: Plan) -> None:
     earlier or a concurrent run) is not claimed again."""
     rows = {r.custom_id: r for r in plan.rows if r.custom_id and not r.piece.is_step}
     known = ledger.known_fingerprints([r.fingerprint for r in plan.requests])
+    primers = dict(plan.primers)
     for req in plan.requests:
         if req.fingerprint not in known:
             row = rows[req.custom_id]
             ledger.claim(NewRequest(req.fingerprint, req.custom_id, req.doc_id, row.source, row.sha256, req.prompt,
-                                    req.model, req.max_tokens, req.betas, req.piece, req.links))
+                                    req.model, req.max_tokens, req.betas, req.piece, req.links),
+                         primer=primers.get(req.fingerprint), max_cost_usd=row.max_cost_usd)
         ledger.supersede(req.custom_id, req.fingerprint)
     for step in plan.reductions:
         ledger.claim_reduction(step)
+    release_primed(ledger)  # a primer done in an earlier run: its readers need not wait

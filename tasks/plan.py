@@ -12,6 +12,7 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
+from longbatch.cache import write_premium_usd
 from longbatch.catalog import ModelSpec, batch_cost_usd, normalize_betas
 from longbatch.errors import CannotSplit, PdfChangedError
 from longbatch.records import PlanRow, PlanStatus, StepRecipe
@@ -23,7 +24,8 @@ from tasks.fit import OutputBudget
 from tasks.ingest import Document, IngestFailure
 from tasks.native import NATIVE_MAX_BYTES, page_costs, page_limit
 from tasks.packing import MAX_BODY_BYTES, BatchPlan, pack
-from tasks.policy import PlanPolicy
+from tasks.policy import PlanPolicy, shares_prefixes
+from tasks.priming import choose_primers, unprimed_without_breakpoints
 from tasks.prompts import SYSTEM_PROMPT, Prompt
 from tasks.split_plan import plan_split
 
@@ -36,6 +38,8 @@ class Plan:
     rows: tuple[PlanRow, ...]  # per document and prompt; a split document's parts and steps follow its row
     batches: tuple[BatchPlan, ...]
     reductions: tuple[StepRecipe, ...] = field(default=())
+    # (fingerprint, its primer's): requests held until another caches their document (tasks/priming.py)
+    primers: tuple[tuple[str, str], ...] = field(default=())
 
     @property
     def requests(self) -> list[PlannedRequest]:
@@ -58,7 +62,7 @@ def plan_for(items: list[Document | IngestFailure], prompts: list[Prompt], model
              exact_counts: Mapping[str, int] | None = None) -> Plan:
     """The plan these settings make of these documents."""
     return make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens, exact_counts,
-                     normalize_betas(settings.betas)[0], settings.pdf_mode)
+                     normalize_betas(settings.betas)[0], settings.pdf_mode, settings.cache)
 
 
 def make_plan(
@@ -70,12 +74,13 @@ def make_plan(
     exact_counts: Mapping[str, int] | None = None,
     extra_betas: tuple[str, ...] = (),
     pdf_mode: str = "text",
+    cache: str = "auto",
 ) -> Plan:
     """`exact_counts` (count_key -> count_tokens' input tokens) replace the local estimate
     for the documents they cover; `extra_betas` go on every batch (see normalize_betas);
     `pdf_mode` "native" sends PDFs as document blocks (see tasks/native.py)."""
     policy = PlanPolicy(OutputBudget(model, requested_output, min_output), extra_betas, pdf_mode,  # type: ignore[arg-type]
-                        exact_counts or {})
+                        exact_counts or {}, cache_prefixes=shares_prefixes(cache, len(prompts)))
     rows: list[PlanRow] = []
     ready: list[tuple[int, PlannedRequest]] = []
     reductions: list[StepRecipe] = []
@@ -109,11 +114,14 @@ def make_plan(
             if request is not None:
                 ready.append((len(rows) - 1, request))
 
+    primers = choose_primers([req for _, req in ready], {r.custom_id: r.est_input_tokens for r in rows if r.custom_id},
+                             model, cache)
+    ready = unprimed_without_breakpoints(ready, primers, cache)
     batches = pack([req for _, req in ready])
     batch_of = {req.custom_id: i for i, b in enumerate(batches) for req in b.requests}
     for index, req in ready:
         rows[index] = dataclasses.replace(rows[index], batch=batch_of[req.custom_id])
-    return Plan(model.id, tuple(rows), tuple(batches), tuple(reductions))
+    return Plan(model.id, tuple(rows), tuple(batches), tuple(reductions), tuple(primers.items()))
 
 
 def plan_whole(doc: Document, prompt: Prompt, policy: PlanPolicy) -> tuple[PlanRow, PlannedRequest | None]:
@@ -131,13 +139,15 @@ def plan_whole(doc: Document, prompt: Prompt, policy: PlanPolicy) -> tuple[PlanR
         refusal = (f"{len(doc.pages)} pages: one native PDF request takes at most {limit} pages on {model.id}"
                    if len(doc.pages) > limit else None)
         return _fit_whole(doc, prompt, policy, count_key(model.id, doc, prompt, native=True), est,
-                          lambda grant: build_native_request(doc, prompt, model, grant, policy.extra_betas),
+                          lambda grant: build_native_request(doc, prompt, model, grant, policy.extra_betas,
+                                                             policy.cache_prefixes),
                           NATIVE_MAX_BYTES, refusal)
     # The document body was counted once at ingest; count only what wraps it here.
     wrapper = render_user_message(dataclasses.replace(doc, body=""), prompt, model.max_batch_output)
     cl100k = doc.body_cl100k + cl100k_count(SYSTEM_PROMPT) + cl100k_count(wrapper)
     return _fit_whole(doc, prompt, policy, count_key(model.id, doc, prompt), estimate_from_cl100k(cl100k, model.tokenizer),
-                      lambda grant: build_request(doc, prompt, model, grant, policy.extra_betas), MAX_BODY_BYTES)
+                      lambda grant: build_request(doc, prompt, model, grant, policy.extra_betas, policy.cache_prefixes),
+                      MAX_BODY_BYTES)
 
 
 def _fit_whole(doc: Document, prompt: Prompt, policy: PlanPolicy, key: str, est: TokenEstimate,
@@ -169,4 +179,6 @@ def _fit_whole(doc: Document, prompt: Prompt, policy: PlanPolicy, key: str, est:
             f"{max_bytes / 2**20:.1f} MB")), None
     return dataclasses.replace(
         base, granted_max_tokens=fit.granted, betas=request.betas, custom_id=request.custom_id,
-        max_cost_usd=round(batch_cost_usd(model, expected, fit.granted), 6), piece=request.piece), request
+        max_cost_usd=round(batch_cost_usd(model, expected, fit.granted)
+                           + (write_premium_usd(model, expected) if request.writes_cache else 0.0), 6),
+        piece=request.piece), request

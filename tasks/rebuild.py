@@ -5,8 +5,10 @@ by its fingerprint: what is sent is what was claimed, or nothing and the reason 
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
+from longbatch.cache import readers_to_pay
 from longbatch.catalog import get_model
 from longbatch.errors import LongbatchError, NotReady, NotRebuildable
 from longbatch.ledger import Ledger
@@ -27,18 +29,31 @@ def queued_requests(ledger: Ledger, inbox: Path, data_dir: Path,
     cannot be rebuilt the same: it fails with the reason (the next `run` plans the new version)."""
     by_fp = {r.fingerprint: r for r in known or []}
     out = []
-    for record in ledger.requests_in_state(RequestState.QUEUED):
+    queued = ledger.requests_in_state(RequestState.QUEUED)
+    readers = Counter(_prefix_key(r) for r in queued)
+    for record in queued:
         try:
-            out.append(by_fp.get(record.fingerprint) or rebuild(ledger, record, inbox, data_dir))
+            out.append(by_fp.get(record.fingerprint)
+                       or rebuild(ledger, record, inbox, data_dir,
+                               cache=readers[_prefix_key(record)] >= readers_to_pay()
+                               or record.primer is not None))
         except NotRebuildable as exc:
             ledger.set_request_state([record.fingerprint], RequestState.FAILED, NOT_REBUILDABLE, str(exc))
     return out
 
 
-def rebuild(ledger: Ledger, record: RequestRecord, inbox: Path, data_dir: Path) -> PlannedRequest:
+def _prefix_key(record: RequestRecord) -> tuple:
+    """Requests with the same key send the same document text (the prompt comes after it)."""
+    return (record.sha256, record.model, record.piece.kind, record.piece.index, record.piece.pdf_mode,
+            record.piece.span, record.prompt if record.piece.is_step else "")
+
+
+def rebuild(ledger: Ledger, record: RequestRecord, inbox: Path, data_dir: Path, cache: bool = False) -> PlannedRequest:
+    """`cache`: other queued requests read the same document, so it gets a cache breakpoint
+    (a breakpoint is not part of the fingerprint: either way it is the same work)."""
     if record.piece.is_step:
         return rebuild_step_request(ledger, record, data_dir)
-    return rebuild_request(record, inbox, data_dir)
+    return rebuild_request(record, inbox, data_dir, cache)
 
 
 def rebuild_step_request(ledger: Ledger, record: RequestRecord, data_dir: Path) -> PlannedRequest:
@@ -55,7 +70,7 @@ def rebuild_step_request(ledger: Ledger, record: RequestRecord, data_dir: Path) 
     return request
 
 
-def rebuild_request(record: RequestRecord, inbox: Path, data_dir: Path) -> PlannedRequest:
+def rebuild_request(record: RequestRecord, inbox: Path, data_dir: Path, cache: bool = False) -> PlannedRequest:
     """A whole document's or a part's request, from the document and prompt it was made from."""
     path = find_source(inbox, record.source)  # a name with escaped bytes is looked up
     if not path.is_file():
@@ -72,11 +87,11 @@ def rebuild_request(record: RequestRecord, inbox: Path, data_dir: Path) -> Plann
             span = piece.span
             part = Part(piece.index, piece.count, span.start, span.end, 0, piece.covers, span.first_page,
                         span.last_page, span.hard_cut)
-            request = part_request(doc, part, prompt, model, record.max_tokens, record.betas, native)
+            request = part_request(doc, part, prompt, model, record.max_tokens, record.betas, native, cache)
         elif native:
-            request = build_native_request(doc, prompt, model, record.max_tokens, record.betas)
+            request = build_native_request(doc, prompt, model, record.max_tokens, record.betas, cache)
         else:
-            request = build_request(doc, prompt, model, record.max_tokens, record.betas)
+            request = build_request(doc, prompt, model, record.max_tokens, record.betas, cache)
     except LongbatchError as exc:
         raise NotRebuildable(f"cannot rebuild the request: {exc}") from exc
     if request.fingerprint != record.fingerprint:

@@ -12,11 +12,13 @@ from typing import Any
 
 import pandas as pd
 
-from longbatch.catalog import batch_cost_usd, get_model
+from longbatch.cache import batch_cost_usd as cached_cost_usd
+from longbatch.cache import cache_figures, saving_usd
+from longbatch.catalog import get_model
 from longbatch.fsutil import atomic_write_text, csv_text, slugify
 from longbatch.ledger import Ledger
 from longbatch.piece import Piece, PieceKind, StepLinks, stored_meta
-from longbatch.records import PlanRecord, RequestRecord, RequestState, StepState
+from longbatch.records import CANCELED_BY_USER, PlanRecord, RequestRecord, RequestState, StepState
 from tasks.results import Outcome
 
 
@@ -53,8 +55,15 @@ def _coverage(links: StepLinks) -> str:
 def outcome_cost(outcome: Outcome) -> float:
     if outcome.result_type != "succeeded" or not outcome.model:
         return 0.0  # errored, canceled and expired requests are not billed
-    return batch_cost_usd(get_model(outcome.model), outcome.input_tokens, outcome.output_tokens,
-                          outcome.cache_creation_tokens, outcome.cache_read_tokens)
+    return cached_cost_usd(get_model(outcome.model), outcome.usage)
+
+
+def cache_summary(outcome: Outcome) -> dict[str, float]:
+    """What prompt caching did for this request: the share of its input read from the cache,
+    and the dollars saved against the same request uncached (negative: a write not yet read)."""
+    usage = outcome.usage
+    saved = saving_usd(get_model(outcome.model), usage) if outcome.model else 0.0
+    return {"hit_rate": round(usage.hit_rate, 4), "saving_usd": round(saved, 6)}
 
 
 def banner(outcome: Outcome, max_tokens: int) -> str:
@@ -96,8 +105,11 @@ def write_report(reports_dir: Path, outcome: Outcome, ctx: ReportContext) -> Pat
             "output_tokens": outcome.output_tokens,
             "cache_creation_input_tokens": outcome.cache_creation_tokens,
             "cache_read_input_tokens": outcome.cache_read_tokens,
+            "cache_creation": {"ephemeral_5m_input_tokens": outcome.usage.cache_write_5m,
+                               "ephemeral_1h_input_tokens": outcome.usage.cache_write_1h},
         },
         "cost_usd": round(outcome_cost(outcome), 6),
+        "cache": cache_summary(outcome),
         "timings": {
             "submitted_at": _iso(ctx.submitted_at),
             "ended_at": _iso(ctx.ended_at),
@@ -125,7 +137,7 @@ def _iso(ts: float | None) -> str | None:
 SUMMARY_COLUMNS = [
     "source", "prompt", "status", "reason", "model", "doc_id", "kind", "pages", "chars", "parts",
     "est_input_tokens", "granted_max_tokens", "est_max_cost_usd", "input_tokens", "output_tokens",
-    "cost_usd", "stop_reason", "attempts", "batch_id", "report",
+    "cost_usd", "cache_hit_rate", "cache_saving_usd", "stop_reason", "attempts", "batch_id", "report",
 ]
 
 
@@ -164,7 +176,8 @@ def _split_status(ledger: Ledger, rec: PlanRecord, data_dir: Path) -> dict[str, 
     totals = {"input_tokens": sum(r.input_tokens or 0 for r in billed),
               "output_tokens": sum(r.output_tokens or 0 for r in billed),
               "cost_usd": round(sum(r.cost_usd or 0.0 for r in billed), 6),
-              "attempts": max((r.attempts for r in requests.values()), default=0)}
+              "attempts": max((r.attempts for r in requests.values()), default=0),
+              **_cache_columns(rec.row.model, billed)}
     if final.state == StepState.FAILED:
         return {**totals, "status": "failed", "reason": f"split document: {final.error}"}
     if final.state == StepState.BUILT:
@@ -190,7 +203,7 @@ def _request_status(ledger: Ledger, fingerprint: str, data_dir: Path) -> dict[st
     if result is not None:
         out.update(input_tokens=result.input_tokens, output_tokens=result.output_tokens,
                    cost_usd=round(result.cost_usd or 0.0, 6), stop_reason=result.stop_reason,
-                   batch_id=result.batch_id)
+                   batch_id=result.batch_id, **_cache_columns(req.model, [result]))
         if result.report_path:
             path = Path(result.report_path)
             out["report"] = path.relative_to(data_dir).as_posix() if path.is_relative_to(data_dir) else str(path)
@@ -201,11 +214,18 @@ def _request_status(ledger: Ledger, fingerprint: str, data_dir: Path) -> dict[st
             out.update(status="truncated", reason=f"output stopped early: {result.stop_reason}")
         else:
             out.update(status="complete", reason=None)
+    elif req.state == RequestState.FAILED and req.error_type == CANCELED_BY_USER:
+        out.update(status="canceled", reason=req.error_message)
     elif req.state == RequestState.FAILED:
         out.update(status="failed", reason=f"{req.error_type}: {req.error_message}")
     else:  # queued, submitting, submitted, retryable
         out.update(status="pending", reason=f"request {req.state}")
     return out
+
+
+def _cache_columns(model: str, results: list) -> dict[str, Any]:
+    hit_rate, saved = cache_figures(model, results)
+    return {"cache_hit_rate": None if hit_rate is None else round(hit_rate, 4), "cache_saving_usd": round(saved, 6)}
 
 
 def write_summary(ledger: Ledger, data_dir: Path) -> Path:

@@ -20,7 +20,11 @@ from anthropic.types.beta.messages import (
 )
 
 from longbatch.redact import redact
+from longbatch.cache import CachedUsage
+from longbatch.records import CANCELED_BY_USER
 
+CANCELED_MESSAGE = ("canceled by user: its batch was canceled before it ran; `longbatch collect --resend-canceled` "
+                    "sends it again")
 TRUNCATING_STOPS = {"max_tokens", "model_context_window_exceeded"}
 # Errors that will fail the same way again: fix the request, never resend it as is.
 PERMANENT_ERRORS = {"invalid_request_error", "authentication_error", "permission_error", "not_found_error",
@@ -41,6 +45,13 @@ class Outcome:
     cache_read_tokens: int = 0
     error_type: str | None = None
     error_message: str | None = None
+    cache_write_1h_tokens: int = 0  # the part of cache_creation_tokens written with the 1 h TTL
+
+    @property
+    def usage(self) -> CachedUsage:
+        """Its tokens by how they are billed."""
+        return CachedUsage(self.input_tokens, self.output_tokens, self.cache_creation_tokens - self.cache_write_1h_tokens,
+                           self.cache_write_1h_tokens, self.cache_read_tokens)
 
     @property
     def truncated(self) -> bool:
@@ -52,8 +63,9 @@ class Outcome:
 
     @property
     def retryable(self) -> bool:
-        """Not billed and may succeed if sent again."""
-        if self.result_type in ("canceled", "expired"):
+        """Not billed and may succeed if sent again. Canceled requests are not: longbatch never
+        cancels on its own, so a person stopped them (`--resend-canceled` sends them again)."""
+        if self.result_type == "expired":
             return True
         return self.result_type == "errored" and self.error_type not in PERMANENT_ERRORS
 
@@ -71,12 +83,15 @@ def to_outcome(line: bytes | str) -> Outcome:
                 input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
                 cache_creation_tokens=usage.cache_creation_input_tokens or 0,
                 cache_read_tokens=usage.cache_read_input_tokens or 0,
+                # Without the breakdown the TTL is unknown: counted at the 1 h rate, the higher.
+                cache_write_1h_tokens=(usage.cache_creation.ephemeral_1h_input_tokens if usage.cache_creation
+                                       else usage.cache_creation_input_tokens or 0),
             )
         case BetaMessageBatchErroredResult(error=err):
             # The API's message is stored and shown: never with a key a server echoed into it.
             return Outcome(cid, "errored", error_type=err.error.type, error_message=redact(err.error.message))
         case BetaMessageBatchCanceledResult():
-            return Outcome(cid, "canceled", error_message="the batch was canceled before this request ran")
+            return Outcome(cid, "canceled", error_type=CANCELED_BY_USER, error_message=CANCELED_MESSAGE)
         case BetaMessageBatchExpiredResult():
             return Outcome(cid, "expired", error_message="the batch reached its 24-hour limit before this request ran")
     raise ValueError(f"unknown result type in line for {cid}")

@@ -14,13 +14,14 @@ import json
 import math
 from dataclasses import dataclass
 
+from longbatch.cache import write_premium_usd
 from longbatch.catalog import batch_cost_usd
 from longbatch.errors import CannotSplit
 from longbatch.piece import Piece, PieceKind, Span
 from longbatch.records import ChildRef, PlanRow, PlanStatus, StepRecipe
 from longbatch.tokens import EXACT_MARGIN, cl100k_count, estimate_from_cl100k, estimate_tokens, upper_per_cl100k
-from tasks.build import (PlannedRequest, make_custom_id, make_request, native_content, render_native_instructions,
-                         render_part_message, render_reduce_message)
+from tasks.build import (PlannedRequest, make_custom_id, make_request, native_content, part_content,
+                         render_native_instructions, render_part_message, render_reduce_message)
 from tasks.ingest import Document
 from tasks.native import NATIVE_MAX_BYTES, page_costs, page_limit
 from tasks.policy import PlanPolicy
@@ -121,7 +122,8 @@ def _parts(doc: Document, prompt: Prompt, policy: PlanPolicy,
         over = sum(upper + grant > budget.free for _, upper, _ in inputs)
         if over:  # a page or a join bigger than counted
             raise CannotSplit(f"{over} part(s) would not fit after splitting")
-        requests = [part_request(doc, part, prompt, model, grant, policy.extra_betas, native) for part in parts]
+        requests = [part_request(doc, part, prompt, model, grant, policy.extra_betas, native, policy.cache_prefixes)
+                    for part in parts]
         heavy = [p for p, r in zip(parts, requests) if native and r.body_bytes > NATIVE_MAX_BYTES]
         if not heavy:
             return parts, requests, inputs
@@ -150,18 +152,18 @@ def _part_grant(doc: Document, policy: PlanPolicy, shape: _Shape, units: list[Un
 
 
 def part_request(doc: Document, part: Part, prompt: Prompt, model, grant: int,  # noqa: ANN001 - a ModelSpec
-                 extra_betas: tuple[str, ...], native: bool = False) -> PlannedRequest:
+                 extra_betas: tuple[str, ...], native: bool = False, cache: bool = False) -> PlannedRequest:
     piece = Piece(PieceKind.PART, part.index, part.count, part.covers, "native" if native else "text",
                   Span(part.start, part.end, part.first_page, part.last_page, part.hard_cut))
     custom_id = make_custom_id(doc.doc_id, prompt.name, piece)
     if native:
         assert part.first_page is not None and part.last_page is not None
         content, identity = native_content(doc, prompt, grant, part.first_page, part.last_page,
-                                           (part.index, part.count, part.covers))
+                                           (part.index, part.count, part.covers), cache)
         return make_request(custom_id, doc.doc_id, prompt.name, model, grant, content, extra_betas, piece,
                             identity_content=identity)
-    text = render_part_message(doc, part.index, part.count, part.covers, part_body(doc, part), prompt, grant)
-    return make_request(custom_id, doc.doc_id, prompt.name, model, grant, text, extra_betas, piece)
+    content = part_content(doc, part.index, part.count, part.covers, part_body(doc, part), prompt, model, grant, cache)
+    return make_request(custom_id, doc.doc_id, prompt.name, model, grant, content, extra_betas, piece)
 
 
 @dataclass(frozen=True)
@@ -243,7 +245,9 @@ def _split_rows(doc: Document, base: PlanRow, policy: PlanPolicy, parts: list[Pa
         part_rows.append(PlanRow(
             doc.doc_id, doc.source, doc.kind, base.prompt, model.id, PlanStatus.READY, None, pages,
             part.end - part.start, cl100k, estimate, upper, req.max_tokens, req.betas,
-            round(batch_cost_usd(model, estimate, 0), 6), round(batch_cost_usd(model, estimate, req.max_tokens), 6),
+            round(batch_cost_usd(model, estimate, 0), 6),
+            round(batch_cost_usd(model, estimate, req.max_tokens)
+                  + (write_premium_usd(model, estimate) if req.writes_cache else 0.0), 6),
             req.custom_id, sha256=doc.sha256, piece=req.piece))
     step_rows = [PlanRow(
         doc.doc_id, doc.source, doc.kind, base.prompt, model.id, PlanStatus.READY, None, None, 0, 0, s.input_upper,

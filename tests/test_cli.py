@@ -28,7 +28,7 @@ def test_run_without_key_or_simulate_stops_and_creates_nothing(tmp_path):
     assert not data_dir.exists()
 
 
-@pytest.mark.parametrize("command", ["run", "plan", "collect", "status", "usage", "simulator"])
+@pytest.mark.parametrize("command", ["run", "plan", "collect", "status", "usage", "simulator", "cancel"])
 def test_help_explains_each_command(command):
     proc = run_cli(command, "--help")
     assert proc.returncode == 0 and "usage: longbatch" in proc.stdout and len(proc.stdout) > 200

@@ -58,6 +58,11 @@ def test_opening_a_v1_ledger_migrates_it(tmp_path):
     db = tmp_path / "ledger.sqlite"
     with sqlite3.connect(db) as conn:  # make it what schema 1 wrote
         conn.execute("ALTER TABLE batches DROP COLUMN adopted")
+        conn.execute("ALTER TABLE batches DROP COLUMN run_id")  # schema 6
+        conn.execute("ALTER TABLE batches DROP COLUMN canceled_at")  # schema 6
+        conn.execute("ALTER TABLE requests DROP COLUMN primer")  # schema 6
+        conn.execute("ALTER TABLE requests DROP COLUMN max_cost_usd")  # schema 6
+        conn.execute("DROP TABLE spend_reservations")  # schema 6
         conn.execute("ALTER TABLE requests DROP COLUMN meta")  # schema 4
         conn.execute("DROP TABLE reductions")  # schema 4
         conn.execute("DROP TABLE token_counts")  # schema 3
@@ -78,6 +83,11 @@ def test_opening_a_v3_ledger_keeps_its_requests_and_adds_split_support(tmp_path)
     with sqlite3.connect(db) as conn:  # what schema 3 wrote: no requests.meta, no reductions
         conn.execute("ALTER TABLE requests DROP COLUMN meta")
         conn.execute("DROP TABLE reductions")
+        conn.execute("ALTER TABLE batches DROP COLUMN run_id")  # schema 6
+        conn.execute("ALTER TABLE batches DROP COLUMN canceled_at")  # schema 6
+        conn.execute("ALTER TABLE requests DROP COLUMN primer")  # schema 6
+        conn.execute("ALTER TABLE requests DROP COLUMN max_cost_usd")  # schema 6
+        conn.execute("DROP TABLE spend_reservations")  # schema 6
         conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     ledger = Ledger.for_data_dir(tmp_path)
     [row] = ledger.requests_in_state("queued")

@@ -73,9 +73,9 @@ def test_build_request_keeps_betas_out_of_params(tmp_path):
 def test_request_puts_document_before_instructions(tmp_path):
     prompt = load_prompt("report", tmp_path)
     req = build_request(doc("UNIQUE-BODY-MARKER sentence."), prompt, SONNET46, 20_000)
-    content = req.params["messages"][0]["content"]
-    assert content.index("UNIQUE-BODY-MARKER") < content.index("section by section".title().lower()[:7]) or \
-        content.index("UNIQUE-BODY-MARKER") < content.index("Structure:")
+    document, instructions = req.params["messages"][0]["content"]
+    assert "UNIQUE-BODY-MARKER" in document["text"] and "UNIQUE-BODY-MARKER" not in instructions["text"]
+    assert document["text"].startswith("<document ") and "Structure:" in instructions["text"]
 
 
 @pytest.mark.parametrize("doc_id", ["a", "x" * 45, "report-2024-" + "f" * 12])

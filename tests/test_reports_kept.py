@@ -85,6 +85,11 @@ def test_a_schema_4_ledger_migrates_its_plan_rows_and_gains_indexes(tmp_path):
         conn.execute("INSERT INTO plan_rows VALUES ('a.txt', 'report', 'a-1', '', 'claude-sonnet-4-6', 'ready', "
                      "NULL, 'f', ?, 1.0)", (data,))
         conn.execute("DROP INDEX ix_results_fingerprint")
+        conn.execute("ALTER TABLE batches DROP COLUMN run_id")  # schema 6
+        conn.execute("ALTER TABLE batches DROP COLUMN canceled_at")  # schema 6
+        conn.execute("ALTER TABLE requests DROP COLUMN primer")  # schema 6
+        conn.execute("ALTER TABLE requests DROP COLUMN max_cost_usd")  # schema 6
+        conn.execute("DROP TABLE spend_reservations")  # schema 6
         conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
     ledger = Ledger.for_data_dir(tmp_path)
     [record] = ledger.plan()
