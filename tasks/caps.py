@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from longbatch.cache import write_premium_usd
 from longbatch.catalog import ALIASES, BUILTIN_MODELS, batch_cost_usd
 from longbatch.errors import BudgetExceededError
 from longbatch.ledger import Ledger, SpendState
