@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from longbatch.catalog import get_model  # noqa: E402
-from simulator.engine import count_request_tokens  # noqa: E402
+from simulator.requests import count_request_tokens  # noqa: E402
 from tasks.ingest import Document, discover, read_document  # noqa: E402
 from tasks.plan import make_plan  # noqa: E402
 from tasks.prompts import load_prompt  # noqa: E402

@@ -16,7 +16,6 @@ Markers in a document steer single requests, for tests: `[[simulate:refusal]]`,
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import re
@@ -26,25 +25,19 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from longbatch.catalog import ALIASES, BUILTIN_MODELS, OUTPUT_300K_BETA, OUTPUT_300K_MAX, ModelSpec
+from longbatch.catalog import BUILTIN_MODELS
 from longbatch.fsutil import atomic_write_bytes
 from simulator import outline
+from simulator.config import SimConfig
 from simulator.prompt_cache import PromptCache
-from simulator.pdf import PdfBlockError, read_block as read_pdf_block
-from simulator.tokens import REQUEST_OVERHEAD, count_for_family
+from simulator.tokens import count_for_family
+from simulator.pdf import PdfBlockError
+from simulator.requests import RequestRefused, check_request, count_request_tokens, echo_headers, resolve_model
 
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 MARKER = re.compile(r"\[\[simulate:([a-z_]+)(?:=([A-Za-z0-9_]+))?\]\]")
-ALLOWED_PARAMS = {
-    "model", "max_tokens", "messages", "system", "metadata", "stop_sequences", "temperature",
-    "top_p", "top_k", "tools", "tool_choice", "thinking", "container", "service_tier",
-    "output_config", "context_management", "mcp_servers",
-}
 
 
 class ApiError(Exception):
@@ -55,45 +48,6 @@ class ApiError(Exception):
         self.status = status
         self.error_type = error_type
         self.message = message
-
-
-class SimConfig(BaseSettings):
-    """How the simulator behaves. Every field can be set by a LONGBATCH_SIM_* environment
-    variable (LONGBATCH_SIM_FAULT_RATE=0.2, ...) or by `longbatch simulator` flags."""
-
-    model_config = SettingsConfigDict(env_prefix="LONGBATCH_SIM_", extra="ignore")
-
-    processing_seconds: float = 2.0  # time for a whole batch to finish
-    output_tokens: int = 1_500  # length the simulated model aims for in each report
-    expiry_seconds: float = 24 * 3600.0  # scaled down in tests to exercise `expired`
-    max_batch_requests: int = 100_000
-    max_body_bytes: int = 256_000_000
-    state_dir: Path | None = None  # where batches survive a restart; in memory when None
-
-    # Fault injection (all off by default).
-    fault_rate: float = 0.0  # chance that an HTTP call answers with one of fault_statuses
-    fault_statuses: list[int] = Field(default_factory=lambda: [429, 500, 529])
-    fault_endpoints: list[str] = Field(default_factory=list)  # empty: every endpoint
-    not_found_after_create_seconds: float = 0.0  # retrieve answers 404 this long after create
-    drop_after_create_rate: float = 0.0  # create succeeds, then the connection drops unanswered
-    errored_rate: float = 0.0  # chance a request ends errored (overloaded_error: retryable)
-    expired_rate: float = 0.0  # chance a request ends expired
-    results_bytes_per_second: float = 0.0  # throttle results downloads; 0: full speed
-    seed: int = 0
-    # Misbehaving servers, for the tests of what users hit first (all off by default):
-    # error answers and errored results quote the request's x-api-key / Authorization header
-    # (as some proxies and servers do); a key the server refuses (401 for any other key); a
-    # create that makes the batch but answers 200 with a body that is not a batch ("json": a
-    # JSON object without id, "html": an HTML page).
-    echo_key_in_errors: bool = False
-    require_api_key: str | None = None
-    bogus_create_body: Literal["", "json", "html"] = ""
-    # Prompt caching: the chance that a request reads a prefix another request of the same batch
-    # wrote (best effort in batches: 30-98 % is reported); across batches a live entry always hits.
-    cache_hit_rate_in_batch: float = Field(0.6, ge=0, le=1)
-    # The service's own model facts where they differ from the built-in table, e.g.
-    # {"claude-sonnet-4-6": {"context_window": 500000, "lifecycle": "deprecated"}}.
-    model_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
 
 FAULT_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error", 500: "api_error", 503: "api_error", 529: "overloaded_error"}
@@ -116,71 +70,6 @@ class SimBatch:
 
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
-
-
-def _non_default_sampling(params: dict[str, Any]) -> str | None:
-    """The first of temperature/top_p/top_k set to something other than its default."""
-    defaults = {"temperature": 1.0, "top_p": 1.0}
-    for name in ("temperature", "top_p", "top_k"):
-        if name in params and params[name] != defaults.get(name):
-            return name
-    return None
-
-
-def echo_headers(api_key: str) -> str:
-    """What a server that echoes request headers appends to an error message."""
-    return f" (request headers: x-api-key: {api_key}; authorization: Bearer {api_key})"
-
-
-def resolve_model(model_id: str, overrides: dict[str, dict[str, Any]] | None = None) -> ModelSpec | None:
-    spec = BUILTIN_MODELS.get(ALIASES.get(model_id, model_id))
-    if spec is not None and overrides and spec.id in overrides:
-        spec = dataclasses.replace(spec, **overrides[spec.id])
-    return spec
-
-
-def request_text(params: dict[str, Any], window: int = 1_000_000) -> str:
-    """All the text a request sends (system prompt and message contents, PDF pages as their
-    text). Raises PdfBlockError for a PDF the service would refuse."""
-    return _read_request(params, window)[0]
-
-
-def _read_request(params: dict[str, Any], window: int) -> tuple[str, int]:
-    """(text, image tokens of PDF pages)."""
-    parts: list[str] = []
-    images = 0
-    system = params.get("system")
-    if isinstance(system, str):
-        parts.append(system)
-    elif isinstance(system, list):
-        parts.extend(b.get("text", "") for b in system if isinstance(b, dict))
-    for message in params.get("messages") or []:
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, str):
-            parts.append(content)
-        elif isinstance(content, list):
-            for block in content:
-                if isinstance(block, dict) and block.get("type") == "document":
-                    pdf = read_pdf_block(block, window)
-                    parts.append(pdf.text(str(block.get("title") or "document")))
-                    images += pdf.image_tokens
-                elif isinstance(block, dict):
-                    parts.append(block.get("text", ""))
-    return "\n".join(parts), images
-
-
-MAX_PDF_REQUEST_BYTES = 32 * 1024 * 1024
-
-
-def _has_document(params: dict[str, Any]) -> bool:
-    return any(isinstance(b, dict) and b.get("type") == "document"
-               for m in params.get("messages") or [] if isinstance(m, dict) and isinstance(m.get("content"), list)
-               for b in m["content"])
-
-
-def count_request_tokens(params: dict[str, Any], spec: ModelSpec) -> int:
-    text, images = _read_request(params, spec.context_window)
-    return REQUEST_OVERHEAD + count_for_family(text, spec.tokenizer) + images
 
 
 class Simulator:
@@ -433,36 +322,11 @@ class Simulator:
             return {"type": "errored", "error": {"type": "error", "error": {"type": error_type, "message": message},
                                                  "request_id": f"req_{uuid.uuid4().hex[:24]}"}}
 
-        extra = sorted(set(params) - ALLOWED_PARAMS)
-        if "betas" in params:
-            return errored("invalid_request_error",
-                           "betas: not a request parameter; beta headers are set per batch (anthropic-beta)")
-        if extra:
-            return errored("invalid_request_error", f"{extra[0]}: Extra inputs are not permitted")
-        spec = resolve_model(str(params.get("model")), self.config.model_overrides)
-        if spec is None:
-            return errored("invalid_request_error", f"model: {params.get('model')!r} is not a known model")
-        if spec.tokenizer != "claude-2025" and _non_default_sampling(params):
-            # Opus 4.7 and later refuse non-default sampling parameters.
-            return errored("invalid_request_error", f"{_non_default_sampling(params)}: non-default sampling "
-                                                    f"parameters are not supported on {spec.id}")
-        max_tokens = params.get("max_tokens")
-        if not isinstance(max_tokens, int) or max_tokens < 1:
-            return errored("invalid_request_error", "max_tokens: a positive integer is required")
-        allowed = OUTPUT_300K_MAX if (spec.supports_300k and OUTPUT_300K_BETA in betas) else spec.max_output
-        if max_tokens > allowed:
-            return errored("invalid_request_error",
-                           f"max_tokens: {max_tokens} > {allowed}, which is the maximum allowed number of "
-                           f"output tokens for {spec.id}")
-        if not params.get("messages"):
-            return errored("invalid_request_error", "messages: at least one message is required")
-        if len(json.dumps(params, ensure_ascii=False).encode()) > MAX_PDF_REQUEST_BYTES and _has_document(params):
-            return errored("invalid_request_error", "request too large: a request with a PDF may be at most 32 MB")
         try:
-            text = request_text(params, spec.context_window)
-            input_tokens = count_request_tokens(params, spec)
-        except PdfBlockError as exc:
-            return errored("invalid_request_error", str(exc))
+            spec, text, input_tokens = check_request(params, betas, self.config.model_overrides)
+        except RequestRefused as exc:
+            return errored(exc.error_type, str(exc))
+        max_tokens = params["max_tokens"]
         markers = {m.group(1): m.group(2) for m in MARKER.finditer(text)}
         if "error" in markers:
             return errored(markers["error"] or "api_error", "simulated failure requested by a [[simulate:error]] marker")

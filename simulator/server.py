@@ -16,7 +16,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-from simulator.engine import ApiError, SimConfig, Simulator, echo_headers
+from simulator.engine import ApiError, SimConfig, Simulator
+from simulator.requests import echo_headers
 
 log = logging.getLogger(__name__)
 

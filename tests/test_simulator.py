@@ -9,7 +9,8 @@ import anthropic
 import pytest
 
 from longbatch.catalog import OUTPUT_300K_BETA
-from simulator.engine import SimConfig, count_request_tokens
+from simulator.engine import SimConfig
+from simulator.requests import count_request_tokens
 from simulator.server import SimulatorServer
 from simulator.tokens import count_text
 from tasks.results import to_outcome
