@@ -30,7 +30,7 @@ from longbatch.schema import (SCHEMA_VERSION, batches, default_url, open_engine,
 from longbatch.settings import Settings
 from longbatch.ledger_batches import BatchBook
 from longbatch.ledger_money import MoneyBook, SpendState
-from longbatch.rows import plan_of, request_of, result_of, step_of, upsert
+from longbatch.rows import plan_of, request_of, request_values, result_of, step_of, upsert
 
 __all__ = ["SCHEMA_VERSION", "BatchRecord", "Ledger", "SpendState", "default_url", "upsert"]
 
