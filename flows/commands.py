@@ -240,17 +240,26 @@ def _pending_work(settings: Any) -> bool:
         ledger.close()
 
 
-def cmd_status(args: argparse.Namespace) -> int:
+def _ledger_to_read(args: argparse.Namespace, nothing: str) -> Any:
+    """The data dir's ledger for a command that only reads it; None (having said `nothing`) when
+    there is none."""
     from longbatch.ledger import Ledger
     from longbatch.problems import check_data_dir
-    from longbatch.records import PENDING_BATCH_STATES, RequestState, StepState
     from longbatch.settings import Settings
 
     settings = Settings.given(data_dir=args.data_dir, project=args.project)
     check_data_dir(settings.data_dir, write=False)
     ledger = Ledger.existing(settings)
     if ledger is None:
-        print(f"No ledger in {settings.data_dir}: nothing has been submitted from there yet.")
+        print(f"No ledger in {settings.data_dir}: {nothing}.")
+    return ledger
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from longbatch.records import PENDING_BATCH_STATES, RequestState, StepState
+
+    ledger = _ledger_to_read(args, "nothing has been submitted from there yet")
+    if ledger is None:
         return 0
     pending = ledger.batches_in_state(*PENDING_BATCH_STATES)
     now = time.time()
@@ -275,15 +284,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_usage(args: argparse.Namespace) -> int:
     from flows.usage import usage_report
-    from longbatch.ledger import Ledger
-    from longbatch.problems import check_data_dir
-    from longbatch.settings import Settings
 
-    settings = Settings.given(data_dir=args.data_dir, project=args.project)
-    check_data_dir(settings.data_dir, write=False)
-    ledger = Ledger.existing(settings)
+    ledger = _ledger_to_read(args, "nothing spent")
     if ledger is None:
-        print(f"No ledger in {settings.data_dir}: nothing spent.")
         return 0
     try:
         records = ledger.usage_rows()
