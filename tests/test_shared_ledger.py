@@ -91,7 +91,7 @@ def test_two_scopes_on_one_database_never_see_each_others_work(url):
     assert a.supersede("doc--report", "e" * 64) == 0
     assert b.supersede("doc--report", "e" * 64) == 1 and a.request(FP).state == "succeeded"
     assert a.reduction("k1").state == "waiting" and b.known_reductions(["k1"]) == {"k1"}
-    assert not a.is_empty() and Ledger(url, "/data/D").is_empty()
+    assert a.request_count() and not Ledger(url, "/data/D").request_count()
 
 
 def test_record_plan_drops_only_its_own_stale_rows(url):
