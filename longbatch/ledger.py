@@ -73,7 +73,7 @@ class Ledger(BatchBook, MoneyBook):
 
     # -- plan ---------------------------------------------------------------------------------
 
-    def recordplan_of(self, records: Iterable[PlanRecord], inbox_sources: Iterable[str]) -> None:
+    def record_plan(self, records: Iterable[PlanRecord], inbox_sources: Iterable[str]) -> None:
         """Record this run's plan rows, each replacing the row of the same document, prompt and
         model; rows of other prompts and models stay, so summary.csv shows everything the data
         dir holds. A document gone from the inbox keeps its row if work was sent for it (its
@@ -253,7 +253,7 @@ class Ledger(BatchBook, MoneyBook):
 
     # -- results ------------------------------------------------------------------------------
 
-    def recordresult_of(self, result: ResultRecord, request_state: RequestState,
+    def record_result(self, result: ResultRecord, request_state: RequestState,
                       error: tuple[str | None, str | None]) -> None:
         """One result and the request's new state, in one transaction: both or neither."""
         values = {**dataclasses.asdict(result), "scope": self.scope, "received_at": time.time()}
@@ -262,12 +262,12 @@ class Ledger(BatchBook, MoneyBook):
             conn.execute(requests.update().where(self._mine(requests) & (requests.c.fingerprint == result.fingerprint)).values(
                 state=request_state, error_type=error[0], error_message=error[1], updated_at=time.time()))
 
-    def hasresult_of(self, batch_id: str, custom_id: str) -> bool:
+    def has_result(self, batch_id: str, custom_id: str) -> bool:
         with self.tx() as conn:
             return conn.execute(sa.select(results.c.custom_id).where(
                 self._mine(results) & (results.c.batch_id == batch_id) & (results.c.custom_id == custom_id))).first() is not None
 
-    def latestresult_of(self, fingerprint: str) -> ResultRecord | None:
+    def latest_result(self, fingerprint: str) -> ResultRecord | None:
         with self.tx() as conn:
             row = conn.execute(sa.select(results).where(self._mine(results) & (results.c.fingerprint == fingerprint))
                                .order_by(results.c.attempt.desc(), results.c.received_at.desc())).mappings().first()
