@@ -442,7 +442,9 @@ def test_no_request_of_any_kind_sends_sampling_parameters(data_dir, monkeypatch,
         assert not SAMPLING & set(request["params"]), request["custom_id"]
         cid = request["custom_id"]
         content = request["params"]["messages"][0]["content"]
-        kinds.add("native" if isinstance(content, list) else "part" if "-p" in cid.split("--")[-1]
+        blocks = content if isinstance(content, list) else []  # text is a list of blocks too (cacheable)
+        native = any(isinstance(b, dict) and b.get("type") == "document" for b in blocks)
+        kinds.add("native" if native else "part" if "-p" in cid.split("--")[-1]
                   else "final" if cid.endswith("-f") else "whole")
     assert kinds == {"whole", "part", "final", "native"}
     summary = pd.read_csv(data_dir / "reports" / "summary.csv")
