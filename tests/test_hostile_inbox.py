@@ -57,14 +57,17 @@ def test_a_hostile_inbox_runs_to_the_end_with_a_row_per_entry(tmp_path):
         "a_fifo.txt": "not_a_regular_file", "a_socket.txt": "not_a_regular_file",
         "link_out.txt": "link_outside_inbox", "dotdot_passwd.txt": "link_outside_inbox",
         "folder_out": "link_outside_inbox", "loop": "link_to_folder", "broken_link.txt": "broken_link",
-        "sparse_3gb.txt": "too_large", "bomb.pdf": "corrupt", "circular_pages.pdf": "corrupt",
+        # The bomb's 400 MB of spaces: PDFium inflates it and finds no text (pypdf stopped at its
+        # 75 MB limit and called it corrupt); either way a refusal of its own, and the run goes on.
+        "sparse_3gb.txt": "too_large", "bomb.pdf": ("corrupt", "no_text"), "circular_pages.pdf": "corrupt",
     }
     for source, outcome in expected.items():
         row = by_source[source]
         if outcome in ("complete", "duplicate"):
             assert row["status"] == outcome, row
         else:
-            assert row["status"] == "error" and row["reason"].startswith(outcome + ": "), row
+            categories = outcome if isinstance(outcome, tuple) else (outcome,)
+            assert row["status"] == "error" and row["reason"].split(": ", 1)[0] in categories, row
         if outcome == "complete":
             report = data / row["report"]
             assert report.resolve().is_relative_to(data.resolve()) and report.is_file()
