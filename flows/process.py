@@ -20,9 +20,9 @@ from prefect.states import Completed, State
 from pydantic import Field
 
 from flows.artifacts import WaitReporter, publish_run_artifacts
-from flows.dask import on_dask
 from flows.cancel import resend_canceled as resend_canceled_requests
 from flows.parameters import RunParameters
+from flows.reading import Inbox
 from longbatch.api import check_api_access, model_from_api, open_api
 from longbatch.catalog import ModelSpec, get_model, normalize_betas, retirement_warning
 from longbatch.failpoints import failpoint
@@ -36,10 +36,10 @@ from tasks.caps import standing_caps
 from tasks.claim import check_budget, claim_plan, new_work_usd, plan_records
 from tasks.collect import CollectStats, collect_batch, settle_retries
 from tasks.counting import count_near_limits
-from tasks.ingest import Document, IngestFailure, discover
-from tasks.ingest_pool import read_documents
+from tasks.batch_body import Renderer
+from tasks.ingest import discover
 from tasks.packing import pack
-from tasks.plan import Plan, plan_for
+from tasks.plan import Plan
 from tasks.priming import release_primed
 from tasks.prompts import Prompt, load_prompts
 from tasks.rebuild import queued_requests
@@ -55,73 +55,33 @@ MAX_SUBMIT_ROUNDS = 50
 
 # -- tasks: thin wrappers around the stages -------------------------------------------------
 
-# Documents per ingest task: per-task overhead stays off the per-document path at thousands of
-# documents (the run's artifacts show each document's outcome), and each task reads on every core.
-INGEST_CHUNK = 200
-
-
-@task(name="ingest-documents", task_run_name="ingest-{label}", cache_policy=NO_CACHE)
-def ingest_task(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir: Path | None, follow_links: bool,
-                label: str, workers: int | None = None) -> list[Document | IngestFailure]:
-    items = list(read_documents(paths, inbox, native_pdf, cache_dir, workers, follow_links))
-    for item in items:
-        if isinstance(item, IngestFailure):
-            get_run_logger().warning("%s: %s (%s)", item.source, item.reason, item.category)
-    return items
-
-
-def ingest(paths: list[Path], settings: Settings) -> list[Document | IngestFailure]:
-    """Every document read (in worker processes, once per content: the cache), in tasks of up to
-    INGEST_CHUNK documents, each named after its documents."""
-    native = settings.pdf_mode == "native"
-    items: list[Document | IngestFailure] = []
-    for i in range(0, len(paths), INGEST_CHUNK):
-        chunk = paths[i: i + INGEST_CHUNK]
-        label = chunk[0].name if len(chunk) == 1 else f"{chunk[0].name}-and-{len(chunk) - 1}-more"
-        items += ingest_task(chunk, settings.inbox_dir, native, settings.data_dir / "cache", settings.follow_links,
-                             label)
-    return items
-
-
-@flow(name="ingest-on-cluster")
-def ingest_on_cluster(paths: list[Path], inbox: Path, native_pdf: bool,
-                      follow_links: bool) -> list[Document | IngestFailure]:
-    """Read and count every document on this flow's task runner (a Dask cluster: flows/dask.py),
-    one task per document: the cluster spreads them over its workers, each reading in-process."""
-    futures = [ingest_task.submit([path], inbox, native_pdf, None, follow_links, path.name, 1) for path in paths]
-    return [item for future in futures for item in future.result()]
-
-
-@task(name="make-plan", cache_policy=NO_CACHE)
-def plan_task(items: list[Document | IngestFailure], prompts: list[Prompt], model: ModelSpec,
-              settings: Settings, exact_counts: dict[str, int] | None = None) -> Plan:
-    return plan_for(items, prompts, model, settings, exact_counts)
-
-
 @task(name="count-tokens", cache_policy=NO_CACHE)
-def exact_count_task(client: anthropic.Anthropic, ledger: Ledger, plan: Plan, items: list[Document | IngestFailure],
+def exact_count_task(client: anthropic.Anthropic, ledger: Ledger, plan: Plan, inbox: Inbox,
                      prompts: list[Prompt], model: ModelSpec, settings: Settings) -> Plan:
     """Replan with count_tokens' figures for documents near a limit (or all, with exact_count)."""
     if not settings.exact_count and not any(r.needs_exact for r in plan.rows):
         return plan
-    docs = [d for d in items if isinstance(d, Document)]
-    counts = count_near_limits(client, plan, docs, prompts, model, ledger.token_counts(),
+    sources = {r.source for r in plan.document_rows if r.needs_exact or (settings.exact_count and r.count_key)}
+    counts = count_near_limits(client, plan, inbox.documents(sources), prompts, model, ledger.token_counts(),
                                settings.count_tokens_per_minute, ledger.record_token_count, settings.exact_count)
-    return plan_for(items, prompts, model, settings, counts)
+    return inbox.plan(prompts, model, counts)
 
 
 @task(name="submit-batches", cache_policy=NO_CACHE)
-def submit_task(client: anthropic.Anthropic, ledger: Ledger,
-                requests: list[PlannedRequest]) -> list[batch_io.SubmitOutcome]:
-    """Pack those of `requests` that are queued in the ledger and submit each batch once."""
+def submit_task(client: anthropic.Anthropic, ledger: Ledger, requests: list[PlannedRequest],
+                settings: Settings) -> list[batch_io.SubmitOutcome]:
+    """Pack those of `requests` that are queued in the ledger and submit each batch once, its
+    requests' text rendered as its body is written (a spool file in the data dir)."""
     by_fp = {r.fingerprint: r for r in requests}
     for record in ledger.requests_in_state(RequestState.FAILED):
         if record.error_type == CREATE_FAILED and record.fingerprint in by_fp:
             ledger.requeue(record.fingerprint, RequestState.FAILED)  # never reached the API: safe to send
     queued = [by_fp[r.fingerprint] for r in ledger.requests_in_state(RequestState.QUEUED) if r.fingerprint in by_fp]
     outcomes = []
+    render = Renderer(ledger, settings.inbox_dir, settings.data_dir, settings.follow_links)
+    render.prepare(queued)
     for batch_plan in pack(queued):
-        outcome = batch_io.submit_batch(client, ledger, batch_plan)
+        outcome = batch_io.submit_batch(client, ledger, batch_plan, render, settings.data_dir)
         outcomes.append(outcome)
         if outcome.state == "failed":
             get_run_logger().error("batch of %d requests was not created: %s", len(batch_plan.requests),
@@ -181,7 +141,7 @@ def submit_until_settled(client: anthropic.Anthropic, ledger: Ledger, requests: 
     resubmit only what provably never reached the server."""
     mine = {r.fingerprint for r in requests}
     for _ in range(MAX_SUBMIT_ROUNDS):
-        submit_task(client, ledger, requests)
+        submit_task(client, ledger, requests, settings)
         reconcile_task(client, ledger, settings)
         unknown = ledger.batches_in_state(BatchState.UNKNOWN)
         queued = [r for r in ledger.requests_in_state(RequestState.QUEUED) if r.fingerprint in mine]
@@ -212,7 +172,7 @@ def advance(client: anthropic.Anthropic, ledger: Ledger, settings: Settings,
         get_run_logger().info("sending %d step(s) combining the part reports of split documents", len(combining))
     failpoint("before-retry")
     submit_until_settled(client, ledger, queued_requests(ledger, settings.inbox_dir, settings.data_dir,
-                                                         (known or []) + combining), settings)
+                                                         (known or []) + combining, settings.follow_links), settings)
     return True
 
 
@@ -243,15 +203,10 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
     logger.info("inbox %s: %d file(s); model %s; prompts %s", inbox, len(paths), model.id,
                 ", ".join(p.name for p in prompts))
 
-    if settings.dask_address and paths:  # on the cluster's workers: absolute paths, not symlinks resolved
-        items = on_dask(ingest_on_cluster, settings.dask_address)([p.absolute() for p in paths], inbox.absolute(),
-                                                                    settings.pdf_mode == "native",
-                                                                    settings.follow_links)
-    else:
-        items = ingest(paths, settings)
+    inbox_docs = Inbox(paths, settings)
     for warning in normalize_betas(settings.betas)[1]:
         logger.warning(warning)
-    plan = plan_task(items, prompts, model, settings)
+    plan = inbox_docs.plan(prompts, model)
     failpoint("after-ingest")
     ledger = Ledger.open(settings)
     try:
@@ -259,10 +214,10 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
             online = model_from_api(client, settings.model)
             if online != model:  # the service's facts differ from the built-in table: plan with them
                 model = online
-                plan = plan_task(items, prompts, model, settings)
-            plan = exact_count_task(client, ledger, plan, items, prompts, model, settings)
+                plan = inbox_docs.plan(prompts, model)
+            plan = exact_count_task(client, ledger, plan, inbox_docs, prompts, model, settings)
             recover_from_reports(ledger, settings.data_dir)  # a lost ledger: what was paid for is not sent again
-            ledger.record_plan(plan_records(plan), [item.source for item in items])
+            ledger.record_plan(plan_records(plan), {row.source for row in plan.rows})
             failpoint("after-plan")
             check_budget(plan, ledger, settings.budget_usd)
             with standing_caps(ledger, new_work_usd(plan, ledger), settings.daily_cap_usd,  # issue 12
@@ -312,8 +267,8 @@ def collect_batches(
             if resend_canceled:
                 resend_canceled_requests(ledger)  # issue 12: only when asked
             reconcile_task(client, ledger, settings)
-            submit_until_settled(client, ledger, queued_requests(ledger, settings.inbox_dir, settings.data_dir),
-                                 settings)
+            submit_until_settled(client, ledger, queued_requests(ledger, settings.inbox_dir, settings.data_dir,
+                                                                 follow_links=settings.follow_links), settings)
             if wait:
                 finish_pending(client, ledger, settings)
             else:

@@ -15,16 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import anthropic
-from anthropic import omit
+from anthropic.types.beta.messages import BetaMessageBatch
 
 from longbatch.api_errors import api_url, auth_failed, never_connected, unreachable, without_key
 from longbatch.client import create_client
 from longbatch.errors import ApiResponseError, IncompleteDownloadError, WaitTimeoutError
 from longbatch.failpoints import failpoint
 from longbatch.ledger import Ledger
-from longbatch.records import BatchRecord, BatchState, RequestState
+from longbatch.records import NOT_REBUILDABLE, BatchRecord, BatchState, RequestState
 from longbatch.redact import redact, redact_file
 from longbatch.transient import is_transient, tolerate_transient
+from tasks.batch_body import BatchBody, Render, render_planned
 from tasks.packing import BatchPlan
 
 log = logging.getLogger(__name__)
@@ -45,20 +46,37 @@ class SubmitOutcome:
     error: str | None = None
 
 
-def submit_batch(client: anthropic.Anthropic, ledger: Ledger, plan: BatchPlan) -> SubmitOutcome:
-    """Record the intent, then create the batch once. A create whose outcome is unknown
-    (timeout, dropped connection, 5xx) is never blindly repeated: it is left `unknown` for
-    `recover_unknown_batches` to find on the server."""
-    local_id, won = ledger.record_intent(plan.betas, [(r.custom_id, r.fingerprint) for r in plan.requests])
-    if not won:
-        return SubmitOutcome(local_id, None, "skipped", "another run submitted these requests")
-    mine = set(won)
+def submit_batch(client: anthropic.Anthropic, ledger: Ledger, plan: BatchPlan, render: Render = render_planned,
+                 spool_dir: Path | None = None) -> SubmitOutcome:
+    """Render the batch's requests to a spool file (`render`: lean requests are rendered again
+    from their documents; one that no longer renders the same fails with the reason), record
+    the intent, then create the batch once, streaming its body from the spool. A create whose
+    outcome is unknown (timeout, dropped connection, 5xx) is never blindly repeated: it is left
+    `unknown` for `recover_unknown_batches` to find on the server."""
+    with BatchBody.write(plan.requests, render, spool_dir) as body:
+        for fingerprint, reason in body.failed.items():
+            ledger.set_request_state([fingerprint], RequestState.FAILED, NOT_REBUILDABLE, reason)
+        members = [(r.custom_id, r.fingerprint) for r in plan.requests if r.custom_id in body.lines]
+        if not members:
+            return SubmitOutcome("", None, "skipped", "no request of this batch could be rendered")
+        local_id, won = ledger.record_intent(plan.betas, members)
+        if not won:
+            return SubmitOutcome(local_id, None, "skipped", "another run submitted these requests")
+        mine = set(won)
+        return _create(client, ledger, plan.betas, local_id, body, [cid for cid, _ in members if cid in mine])
+
+
+def _create(client: anthropic.Anthropic, ledger: Ledger, betas: tuple[str, ...], local_id: str, body: BatchBody,
+            custom_ids: list[str]) -> SubmitOutcome:
     failpoint("before-create")
     creator = create_client(client)
-    body = [r.as_request() for r in plan.requests if r.custom_id in mine]
+    # The body streams from the spool; its length is given, so it goes as one sized body, as
+    # the SDK's own `batches.create` sends it (which would first build it in memory, twice).
+    headers = {"Content-Length": str(body.size(custom_ids))} | ({"anthropic-beta": ",".join(betas)} if betas else {})
     for attempt in range(1, CREATE_RATE_LIMIT_TRIES + 1):
         try:
-            created = creator.beta.messages.batches.create(requests=body, betas=list(plan.betas) or omit)
+            created = creator.post("/v1/messages/batches", cast_to=BetaMessageBatch, content=body.stream(custom_ids),
+                                   options={"headers": headers})
         except anthropic.RateLimitError as exc:
             # 429 is an answer, not a doubt: the batch was not made, so asking again is safe.
             if attempt == CREATE_RATE_LIMIT_TRIES:
@@ -92,8 +110,8 @@ def submit_batch(client: anthropic.Anthropic, ledger: Ledger, plan: BatchPlan) -
         failpoint("after-create")
         ledger.record_created(local_id, api_id, created_at)
         failpoint("after-create-recorded")
-        log.info("submitted batch %s: %d requests%s", api_id, len(body),
-                 f" (betas: {', '.join(plan.betas)})" if plan.betas else "")
+        log.info("submitted batch %s: %d requests, %s bytes%s", api_id, len(custom_ids),
+                 f"{body.size(custom_ids):,}", f" (betas: {', '.join(betas)})" if betas else "")
         return SubmitOutcome(local_id, api_id, "submitted")
     raise AssertionError("unreachable")
 

@@ -6,6 +6,7 @@ property, so it is carried next to the request (`betas`) and never put in `param
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -33,22 +34,32 @@ class PlannedRequest:
     model: str
     max_tokens: int
     betas: tuple[str, ...]
-    params: MessageCreateParamsNonStreaming
+    # The request itself; None once `lean()`: a run holds thousands of these, so the text is
+    # rendered again from the ingest cache when its batch is written (tasks/render.py).
+    params: MessageCreateParamsNonStreaming | None
     body_bytes: int  # size of this request in the batch body, as the SDK serialises it
     fingerprint: str  # sha256 over params and betas: the same work always has the same one
     # Which piece of the document it is (kept in the ledger, so a part can be rebuilt and a
     # report can say what it covers), and for a combining step what it combined.
     piece: Piece = Piece()
     links: StepLinks | None = None
+    # What it caches (model, system prompt and first block, hashed) when that block carries a
+    # cache breakpoint; None when it caches nothing.
+    prefix: str | None = None
 
     def as_request(self) -> Request:
+        if self.params is None:
+            raise ValueError(f"request {self.custom_id} was made lean: render it from its document (tasks/render.py)")
         return Request(custom_id=self.custom_id, params=self.params)
+
+    def lean(self) -> PlannedRequest:
+        """The same request without its text: everything planning, packing and the ledger need."""
+        return dataclasses.replace(self, params=None)
 
     @property
     def writes_cache(self) -> bool:
         """It carries a cache breakpoint, so it may pay the cache write premium."""
-        content = self.params["messages"][0]["content"]
-        return isinstance(content, list) and any(isinstance(b, dict) and "cache_control" in b for b in content)
+        return self.prefix is not None
 
 
 def make_custom_id(doc_id: str, prompt_name: str, piece: Piece = Piece()) -> str:
@@ -248,7 +259,18 @@ def make_request(custom_id: str, doc_id: str, prompt_name: str, model: ModelSpec
         {"role": "user", "content": without_cache_control(user_content if identity_content is None else identity_content)}]}))
     fingerprint = hashlib.sha256(identity + json.dumps(sorted(betas)).encode()).hexdigest()
     return PlannedRequest(custom_id, doc_id, prompt_name, model.id, max_tokens, betas, params, len(body), fingerprint,
-                          piece, links)
+                          piece, links, prefix_of(params))
+
+
+def prefix_of(params: MessageCreateParamsNonStreaming) -> str | None:
+    """What a request caches: its model, system prompt and first block, when that block has a
+    cache breakpoint (the document goes there); None when it caches nothing."""
+    content = params["messages"][0]["content"]
+    if not isinstance(content, list) or not content or "cache_control" not in content[0]:
+        return None
+    first = {k: v for k, v in content[0].items() if k != "cache_control"}
+    text = json.dumps([params["model"], params.get("system"), first], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def serialise(obj: object) -> bytes:

@@ -38,22 +38,29 @@ def count_near_limits(
     todo = wanted - set(cache)
     if not todo:
         return cache
-    by_key = {count_key(model.id, d, p, native): (d, p, native)
-              for d in documents for p in prompts for native in (False, True)}
     interval = 60.0 / per_minute if per_minute > 0 else 0.0
     last = 0.0
-    for key in sorted(todo):
-        doc, prompt, native = by_key[key]
-        wait = last + interval - time.monotonic()
-        if wait > 0:
-            time.sleep(wait)
-        last = time.monotonic()
-        counted = tolerate_transient(
-            lambda: client.messages.count_tokens(**count_params(doc, prompt, model, native)).input_tokens, None,
-            f"{doc.source}: count_tokens failed; its fit is decided by the estimate this time", log)
-        if counted is None:
-            continue
-        log.info("%s (%s): %d input tokens by count_tokens", doc.source, prompt.name, counted)
-        cache[key] = counted
-        on_counted(key, counted)
+    for doc in documents:  # one document at a time: the run holds no more than that
+        for prompt in prompts:
+            for native in (False, True):
+                key = count_key(model.id, doc, prompt, native)
+                if key not in todo:
+                    continue
+                wait = last + interval - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                last = time.monotonic()
+                counted = _count(client, doc, prompt, model, native)
+                if counted is not None:
+                    cache[key] = counted
+                    on_counted(key, counted)
     return cache
+
+
+def _count(client: anthropic.Anthropic, doc: Document, prompt: Prompt, model: ModelSpec, native: bool) -> int | None:
+    counted = tolerate_transient(
+        lambda: client.messages.count_tokens(**count_params(doc, prompt, model, native)).input_tokens, None,
+        f"{doc.source}: count_tokens failed; its fit is decided by the estimate this time", log)
+    if counted is not None:
+        log.info("%s (%s): %d input tokens by count_tokens", doc.source, prompt.name, counted)
+    return counted

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from longbatch.cache import write_premium_usd
@@ -58,15 +58,21 @@ class Plan:
         return sum(r.max_cost_usd for r in self.document_rows)
 
 
-def plan_for(items: list[Document | IngestFailure], prompts: list[Prompt], model: ModelSpec, settings: Settings,
+def plan_for(items: Iterable[Document | IngestFailure], prompts: list[Prompt], model: ModelSpec, settings: Settings,
              exact_counts: Mapping[str, int] | None = None) -> Plan:
     """The plan these settings make of these documents."""
-    return make_plan(items, prompts, model, settings.max_output_tokens, settings.min_output_tokens, exact_counts,
-                     normalize_betas(settings.betas)[0], settings.pdf_mode, settings.cache)
+    return planner_for(prompts, model, settings, exact_counts).add(items).plan()
+
+
+def planner_for(prompts: list[Prompt], model: ModelSpec, settings: Settings,
+                exact_counts: Mapping[str, int] | None = None, lean: bool = False) -> Planner:
+    """A planner with these settings, for documents that arrive a few at a time (see Planner)."""
+    return Planner(prompts, model, settings.max_output_tokens, settings.min_output_tokens, exact_counts,
+                   normalize_betas(settings.betas)[0], settings.pdf_mode, settings.cache, lean)
 
 
 def make_plan(
-    items: list[Document | IngestFailure],
+    items: Iterable[Document | IngestFailure],
     prompts: list[Prompt],
     model: ModelSpec,
     requested_output: int | None,
@@ -79,31 +85,70 @@ def make_plan(
     """`exact_counts` (count_key -> count_tokens' input tokens) replace the local estimate
     for the documents they cover; `extra_betas` go on every batch (see normalize_betas);
     `pdf_mode` "native" sends PDFs as document blocks (see tasks/native.py)."""
-    policy = PlanPolicy(OutputBudget(model, requested_output, min_output), extra_betas, pdf_mode,  # type: ignore[arg-type]
-                        exact_counts or {}, cache_prefixes=shares_prefixes(cache, len(prompts)))
-    rows: list[PlanRow] = []
-    ready: list[tuple[int, PlannedRequest]] = []
-    reductions: list[StepRecipe] = []
-    first_by_sha: dict[str, str] = {}
-    for item in items:
-        for prompt in prompts:
+    return Planner(prompts, model, requested_output, min_output, exact_counts, extra_betas, pdf_mode,
+                   cache).add(items).plan()
+
+
+class Planner:
+    """Plans documents as they are read, one at a time, so a run never holds its whole inbox:
+    each document's rows and requests are decided (and its cache primer chosen: only requests
+    for the same document share a prefix) when it is added; with `lean` its requests keep no
+    text, which is rendered again when their batch is written. `plan()` packs the batches."""
+
+    def __init__(self, prompts: list[Prompt], model: ModelSpec, requested_output: int | None, min_output: int,
+                 exact_counts: Mapping[str, int] | None = None, extra_betas: tuple[str, ...] = (),
+                 pdf_mode: str = "text", cache: str = "auto", lean: bool = False) -> None:
+        self.prompts, self.model, self.cache, self.lean = prompts, model, cache, lean
+        self.policy = PlanPolicy(OutputBudget(model, requested_output, min_output), extra_betas,
+                                 pdf_mode, exact_counts or {},  # type: ignore[arg-type]
+                                 cache_prefixes=shares_prefixes(cache, len(prompts)))
+        self.rows: list[PlanRow] = []
+        self.ready: list[tuple[int, PlannedRequest]] = []  # (index in rows, request)
+        self.reductions: list[StepRecipe] = []
+        self.primers: dict[str, str] = {}
+        self.first_by_sha: dict[str, str] = {}
+
+    def add(self, items: Iterable[Document | IngestFailure]) -> Planner:
+        for item in items:
+            ready = self._document(item)
+            primers = choose_primers([req for _, req in ready],
+                                     {self.rows[i].custom_id: self.rows[i].est_input_tokens for i, _ in ready},
+                                     self.model, self.cache)
+            self.primers.update(primers)
+            self.ready += [(i, req.lean() if self.lean else req)
+                           for i, req in unprimed_without_breakpoints(ready, primers, self.cache)]
+        return self
+
+    def plan(self) -> Plan:
+        rows = list(self.rows)
+        batches = pack([req for _, req in self.ready])
+        batch_of = {req.custom_id: i for i, b in enumerate(batches) for req in b.requests}
+        for index, req in self.ready:
+            rows[index] = dataclasses.replace(rows[index], batch=batch_of[req.custom_id])
+        return Plan(self.model.id, tuple(rows), tuple(batches), tuple(self.reductions), tuple(self.primers.items()))
+
+    def _document(self, item: Document | IngestFailure) -> list[tuple[int, PlannedRequest]]:
+        """The rows of one document (one per prompt; a split one's parts and steps under it) and
+        its requests, with the index of each one's row."""
+        model, rows, ready = self.model, self.rows, []
+        for prompt in self.prompts:
             if isinstance(item, IngestFailure):
                 rows.append(PlanRow(item.doc_id, item.source, "", prompt.name, model.id, FAILED,
                                     f"{item.category}: {item.reason}", sha256=item.sha256))
                 continue
-            original = first_by_sha.setdefault(item.sha256, item.source)
+            original = self.first_by_sha.setdefault(item.sha256, item.source)
             if original != item.source:
                 rows.append(PlanRow(item.doc_id, item.source, item.kind, prompt.name, model.id, DUPLICATE,
                                     f"same content as {original!r}, which is processed once",
                                     item.page_count, item.chars, sha256=item.sha256))
                 continue
             try:
-                row, request = plan_whole(item, prompt, policy)
+                row, request = plan_whole(item, prompt, self.policy)
                 if row.status == NOT_FIT and not row.needs_exact:
-                    split = plan_split(item, prompt, policy, row)
+                    split = plan_split(item, prompt, self.policy, row)
                     ready.extend((len(rows) + i, req) for i, req in enumerate(split.requests, 1))
                     rows.extend(split.rows)  # the document's row, one per part (as requests), then the steps
-                    reductions.extend(split.steps)
+                    self.reductions.extend(split.steps)
                     continue
             except CannotSplit as exc:
                 row, request = dataclasses.replace(row, reason=f"{row.reason}; and it cannot be split: {exc}"), None
@@ -113,15 +158,7 @@ def make_plan(
             rows.append(row)
             if request is not None:
                 ready.append((len(rows) - 1, request))
-
-    primers = choose_primers([req for _, req in ready], {r.custom_id: r.est_input_tokens for r in rows if r.custom_id},
-                             model, cache)
-    ready = unprimed_without_breakpoints(ready, primers, cache)
-    batches = pack([req for _, req in ready])
-    batch_of = {req.custom_id: i for i, b in enumerate(batches) for req in b.requests}
-    for index, req in ready:
-        rows[index] = dataclasses.replace(rows[index], batch=batch_of[req.custom_id])
-    return Plan(model.id, tuple(rows), tuple(batches), tuple(reductions), tuple(primers.items()))
+        return ready
 
 
 def plan_whole(doc: Document, prompt: Prompt, policy: PlanPolicy) -> tuple[PlanRow, PlannedRequest | None]:

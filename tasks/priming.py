@@ -11,8 +11,6 @@ them held or queued, and the next round goes on from there.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 
 from longbatch.cache import READ_MULTIPLIER
@@ -31,14 +29,8 @@ PRIMER_CANCELED = "canceled by user: the request priming its document's cache wa
 
 
 def prefix_key(request: PlannedRequest) -> str | None:
-    """What a request caches: its model, system prompt and first block, when that block has a
-    cache breakpoint (tasks/build.py puts the document there); None when it caches nothing."""
-    content = request.params["messages"][0]["content"]
-    if not isinstance(content, list) or not content or "cache_control" not in content[0]:
-        return None
-    first = {k: v for k, v in content[0].items() if k != "cache_control"}
-    text = json.dumps([request.model, request.params.get("system"), first], sort_keys=True, ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """What a request caches (tasks/build.py: prefix_of); None when it caches nothing."""
+    return request.prefix
 
 
 def extra_saving_usd(model: ModelSpec, prefix_tokens: int, readers: int) -> float:
@@ -86,7 +78,7 @@ def unprimed_without_breakpoints(ready: list[tuple[int, PlannedRequest]], primer
 def without_breakpoints(request: PlannedRequest) -> PlannedRequest:
     content = without_cache_control(request.params["messages"][0]["content"])
     params = {**request.params, "messages": [{"role": "user", "content": content}]}
-    plain = dataclasses.replace(request, params=params)  # type: ignore[arg-type]
+    plain = dataclasses.replace(request, params=params, prefix=None)  # type: ignore[arg-type]
     return dataclasses.replace(plain, body_bytes=len(serialise(plain.as_request())))
 
 
