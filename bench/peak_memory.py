@@ -24,7 +24,6 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -48,8 +47,9 @@ def make_inbox(inbox: Path, docs: int, chars: int) -> int:
     return total
 
 
-def tree_rss(root: int) -> tuple[int, int]:
-    """(RSS of `root`, RSS of root and every descendant), in bytes."""
+def tree_rss(root: int) -> dict[str, int]:
+    """Resident bytes of `root` and its descendants, summed by what each process is: the run
+    itself, its ingest workers, the temporary Prefect server it starts, anything else."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
     for entry in os.listdir("/proc"):
@@ -69,22 +69,35 @@ def tree_rss(root: int) -> tuple[int, int]:
         children = [p for p, parent in parents.items() if parent == pid]
         tree.update(children)
         frontier += children
-    return rss.get(root, 0), sum(rss.get(p, 0) for p in tree)
+    groups = {"run": rss.get(root, 0), "ingest workers": 0, "Prefect server": 0, "other": 0}
+    for pid in tree - {root}:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        group = ("ingest workers" if "ingest_worker" in cmd else
+                 "Prefect server" if "prefect" in cmd or "uvicorn" in cmd else "other")
+        groups[group] += rss.get(pid, 0)
+    return groups
 
 
-def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, int, int, str]:
-    """Wall seconds, exit code, peak RSS of the process, peak RSS of its tree; its output."""
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, dict[str, int], int, str]:
+    """Wall seconds, exit code, the peak of each group of processes, the peak of the whole tree
+    (at one instant); the run's output."""
     log = tempfile.TemporaryFile()
     start = time.monotonic()
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    peak_own = peak_tree = 0
+    peaks: dict[str, int] = {}
+    peak_tree = 0
     while proc.poll() is None:
-        own, tree = tree_rss(proc.pid)
-        peak_own, peak_tree = max(peak_own, own), max(peak_tree, tree)
+        groups = tree_rss(proc.pid)
+        peaks = {k: max(v, peaks.get(k, 0)) for k, v in groups.items()}
+        peak_tree = max(peak_tree, sum(groups.values()))
         time.sleep(0.05)
     wall = time.monotonic() - start
     log.seek(0)
-    return wall, proc.returncode, peak_own, peak_tree, log.read().decode(errors="replace")
+    return wall, proc.returncode, peaks, peak_tree, log.read().decode(errors="replace")
 
 
 def free_port() -> int:
@@ -139,7 +152,7 @@ def main() -> int:
         env |= {"ANTHROPIC_BASE_URL": f"http://127.0.0.1:{port}", "ANTHROPIC_API_KEY": "bench-key"}
         cmd = [longbatch, "run", "--no-wait", "--data-dir", str(data_dir), str(inbox)]
     try:
-        wall, code, own, tree, output = run_measured(cmd, env)
+        wall, code, peaks, tree, output = run_measured(cmd, env)
     finally:
         if sim is not None:
             sim.terminate()
@@ -154,10 +167,12 @@ def main() -> int:
     largest = max(body_sizes, default=0)
     print(f"`longbatch run --no-wait{' --simulate' if args.simulate else ''}`: {wall:.1f} s wall, "
           f"{len(batches)} batches ({', '.join(str(n) for _, n in batches)} requests)")
-    print(f"peak RSS: run process {own / 2**20:,.0f} MiB; with its ingest workers {tree / 2**20:,.0f} MiB")
+    own = peaks["run"]
+    print("peak RSS: " + "; ".join(f"{name} {peak / 2**20:,.0f} MiB" for name, peak in peaks.items() if peak)
+          + f"; all of them at once {tree / 2**20:,.0f} MiB")
     if largest:
-        print(f"largest batch body {largest / 2**20:,.0f} MiB: peak / largest body = {own / largest:.2f} "
-              f"(tree {tree / largest:.2f})")
+        print(f"largest batch body {largest / 2**20:,.0f} MiB: run process / largest body = {own / largest:.2f}, "
+              f"all processes / largest body = {tree / largest:.2f}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return 0

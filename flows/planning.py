@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import anthropic
 
 from longbatch.api import model_from_api
 from longbatch.catalog import ModelSpec, get_model
 from longbatch.settings import Settings
 from tasks.counting import count_near_limits
-from tasks.ingest import Document, discover
+from tasks.ingest import Document, IngestFailure, discover
 from tasks.ingest_pool import read_documents
-from tasks.plan import Plan, plan_for
+from tasks.plan import Plan, planner_for
 from tasks.prompts import load_prompts
 
 
@@ -20,15 +22,19 @@ def build_plan(settings: Settings, client: anthropic.Anthropic | None = None) ->
     no work)."""
     prompts = load_prompts(settings.prompts, settings.data_dir)
     inbox = settings.inbox_dir
-    items = list(read_documents(discover(inbox, settings.follow_links), inbox, settings.pdf_mode == "native",
-                                settings.data_dir / "cache", follow_links=settings.follow_links))
+    paths = discover(inbox, settings.follow_links)
+
+    def documents() -> Iterator[Document | IngestFailure]:  # read one at a time, through the cache
+        return read_documents(paths, inbox, settings.pdf_mode == "native", settings.data_dir / "cache",
+                              follow_links=settings.follow_links)
+
     model = get_model(settings.model) if client is None else model_from_api(client, settings.model)
-    plan = plan_for(items, prompts, model, settings)
+    plan = planner_for(prompts, model, settings, lean=True).add(documents()).plan()
     if client is not None and (settings.exact_count or any(r.needs_exact for r in plan.rows)):
-        docs = [d for d in items if isinstance(d, Document)]
+        docs = (d for d in documents() if isinstance(d, Document))
         counts = count_near_limits(client, plan, docs, prompts, model, {}, settings.count_tokens_per_minute,
                                    everything=settings.exact_count)
-        plan = plan_for(items, prompts, model, settings, counts)
+        plan = planner_for(prompts, model, settings, counts, lean=True).add(documents()).plan()
     return plan, model
 
 
