@@ -72,7 +72,10 @@ def _freeze_imports() -> None:
     bench/ingest_parallel.py)."""
     import gc
 
+    from longbatch.memory import fix_mmap_threshold
+
     gc.freeze()
+    fix_mmap_threshold()  # and document-sized blocks go back to the system when freed
 
 
 def cmd_run(args: argparse.Namespace) -> int:

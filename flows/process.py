@@ -27,6 +27,7 @@ from longbatch.api import check_api_access, model_from_api, open_api
 from longbatch.catalog import ModelSpec, get_model, normalize_betas, retirement_warning
 from longbatch.failpoints import failpoint
 from longbatch.ledger import Ledger
+from longbatch.memory import fix_mmap_threshold
 from longbatch.records import CREATE_FAILED, BatchState, RequestState
 from longbatch.settings import Settings
 from longbatch.transient import tolerate_transient
@@ -193,6 +194,7 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
     new work as batches, wait for them, and write the reports and summary.csv."""
     settings = params.settings()
     logger = get_run_logger()
+    fix_mmap_threshold()  # a deployment's run too: freed documents go back to the system
     check_api_access(settings)
     model = get_model(settings.model)
     if warning := retirement_warning(model, datetime.date.today()):  # issue 13: retiring soon

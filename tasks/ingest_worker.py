@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from longbatch.failpoints import failpoint
+from longbatch.memory import fix_mmap_threshold
 from tasks.ingest import Document, IngestFailure, display_name, make_doc_id, read_document
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ def main() -> None:
 
     cl100k_count("")  # loads the encoding
     gc.freeze()
+    fix_mmap_threshold()
     requests = sys.stdin.buffer
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt the replies
