@@ -107,8 +107,8 @@ def free_port() -> int:
 
 
 def batch_bodies(state_dir: Path) -> list[int]:
-    """Each batch's size as the simulator stored it (its requests, as sent, and a few fields)."""
-    return sorted(p.stat().st_size for p in state_dir.glob("msgbatch_*.json") if ".results" not in p.name)
+    """Each batch's size as the simulator stored it: its requests, as sent."""
+    return sorted(p.stat().st_size for p in state_dir.glob("msgbatch_*.requests.json"))
 
 
 def main() -> int:

@@ -17,6 +17,7 @@ Markers in a document steer single requests, for tests: `[[simulate:refusal]]`,
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import threading
@@ -58,14 +59,18 @@ class SimBatch:
     id: str
     created_at: float
     betas: tuple[str, ...]
-    requests: list[dict[str, Any]]
+    # None once written to the state dir (`<id>.requests.json`): read back only to make the
+    # results, so a simulator inside a run holds one batch body at a time, not every one sent.
+    requests: list[dict[str, Any]] | None
+    custom_ids: list[str]
     cancel_at: float | None = None
     results: bytes | None = None  # JSONL, made once the batch has ended
     counts: dict[str, int] = field(default_factory=dict)
 
     def to_state(self) -> dict[str, Any]:
-        return {"id": self.id, "created_at": self.created_at, "betas": list(self.betas),
-                "requests": self.requests, "cancel_at": self.cancel_at}
+        state = {"id": self.id, "created_at": self.created_at, "betas": list(self.betas),
+                 "custom_ids": self.custom_ids, "cancel_at": self.cancel_at}
+        return state if self.requests is None else state | {"requests": self.requests}
 
 
 def _iso(ts: float | None) -> str | None:
@@ -141,12 +146,15 @@ class Simulator:
             seen.add(cid)
             if not isinstance(req.get("params"), dict):
                 raise ApiError(400, "invalid_request_error", f"requests.{i}.params: an object is required")
-        batch = SimBatch(f"msgbatch_{uuid.uuid4().hex[:24]}", time.time(), tuple(betas), requests)
+        batch = SimBatch(f"msgbatch_{uuid.uuid4().hex[:24]}", time.time(), tuple(betas), requests,
+                         [r["custom_id"] for r in requests])
+        if self.config.state_dir:
+            self._spill(batch)
         with self._lock:
             self._batches[batch.id] = batch
             if self.config.echo_key_in_errors and api_key:
                 self._echo_keys[batch.id] = api_key  # in memory only: never in the state dir's records
-            self.create_log.append((batch.id, [r["custom_id"] for r in requests]))
+            self.create_log.append((batch.id, batch.custom_ids))
             self.batch_betas[batch.id] = batch.betas
             self._save(batch)
         return self._view(batch)
@@ -186,7 +194,7 @@ class Simulator:
         with self._lock:
             del self._batches[batch_id]
             if self.config.state_dir:
-                for suffix in (".json", ".results.jsonl"):
+                for suffix in (".json", ".results.jsonl", ".requests.json"):
                     (self.config.state_dir / f"{batch_id}{suffix}").unlink(missing_ok=True)
         return {"id": batch_id, "type": "message_batch_deleted"}
 
@@ -243,7 +251,7 @@ class Simulator:
 
     def _view(self, batch: SimBatch) -> dict[str, Any]:
         ended = self._ended(batch)
-        n = len(batch.requests)
+        n = len(batch.custom_ids)
         if ended:
             self._results(batch)
             counts = {k: batch.counts.get(k, 0) for k in ("succeeded", "errored", "canceled", "expired")}
@@ -279,12 +287,12 @@ class Simulator:
             return batch.results
 
     def _make_results(self, batch: SimBatch) -> bytes:
-        n = len(batch.requests)
+        n = len(batch.custom_ids)
         end = self._end_time(batch)
         lines = []
         # Request i finishes at an even share of the processing time; requests not finished
         # when the batch was cut (cancel, expiry) end canceled or expired.
-        for i, req in enumerate(batch.requests):
+        for i, req in enumerate(self.requests_of(batch)):
             done_at = batch.created_at + self.config.processing_seconds * (i + 1) / n
             if done_at > end + 1e-9:
                 kind = "canceled" if batch.cancel_at is not None and batch.cancel_at <= end else "expired"
@@ -360,6 +368,27 @@ class Simulator:
     def _results_path(self, batch: SimBatch) -> Path | None:
         return self.config.state_dir / f"{batch.id}.results.jsonl" if self.config.state_dir else None
 
+    def requests_of(self, batch: SimBatch) -> list[dict[str, Any]]:
+        """The batch's requests as they were sent (read back from the state dir once spilled)."""
+        if batch.requests is not None:
+            return batch.requests
+        assert self.config.state_dir is not None
+        with (self.config.state_dir / f"{batch.id}.requests.json").open(encoding="utf-8") as fh:
+            return json.load(fh)
+
+    def _spill(self, batch: SimBatch) -> None:
+        """Write the requests once, streamed (json.dump writes piece by piece), and let them go."""
+        assert self.config.state_dir is not None and batch.requests is not None
+        path = self.config.state_dir / f"{batch.id}.requests.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with tmp.open("w", encoding="utf-8") as fh:
+            json.dump(batch.requests, fh, ensure_ascii=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        batch.requests = None
+
     def _save(self, batch: SimBatch) -> None:
         if self.config.state_dir:
             data = json.dumps(batch.to_state(), ensure_ascii=False).encode()
@@ -369,8 +398,12 @@ class Simulator:
         assert self.config.state_dir is not None
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         for path in sorted(self.config.state_dir.glob("msgbatch_*.json")):
+            if path.name.endswith(".requests.json"):
+                continue
             state = json.loads(path.read_text(encoding="utf-8"))
-            batch = SimBatch(state["id"], state["created_at"], tuple(state["betas"]), state["requests"],
+            requests = state.get("requests")  # in the state file itself before requests were spilled
+            ids = [r["custom_id"] for r in requests] if requests is not None else state["custom_ids"]
+            batch = SimBatch(state["id"], state["created_at"], tuple(state["betas"]), requests, ids,
                              state.get("cancel_at"))
             self._batches[batch.id] = batch
-            self.create_log.append((batch.id, [r["custom_id"] for r in batch.requests]))
+            self.create_log.append((batch.id, batch.custom_ids))

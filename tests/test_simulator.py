@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 
@@ -221,6 +222,32 @@ def test_state_survives_a_restart(tmp_path):
     with SimulatorServer(config) as server:
         client = anthropic.Anthropic(api_key="k", base_url=server.url, max_retries=0)
         assert client.beta.messages.batches.with_raw_response.results(batch.id).http_response.read() == first
+
+
+def test_a_state_dir_keeps_batch_bodies_on_disk_not_in_memory(tmp_path):
+    """Issue 10: a simulator inside `run --simulate` held every batch it was sent (1.8 GB for
+    644 MB of documents); with a state dir it holds a batch's requests only while making its
+    results. State files written before requests were spilled still load."""
+    config = SimConfig(processing_seconds=0.2, state_dir=tmp_path / "sim")
+    requests = [{"custom_id": f"r{i}", "params": params()} for i in range(3)]
+    with SimulatorServer(config) as server:
+        client = anthropic.Anthropic(api_key="k", base_url=server.url, max_retries=0)
+        batch = client.beta.messages.batches.create(requests=requests)
+        assert server.sim._batches[batch.id].requests is None  # spilled at create
+        assert server.sim.requests_of(server.sim._batches[batch.id]) == requests
+        assert server.sim.create_log == [(batch.id, ["r0", "r1", "r2"])]
+        time.sleep(0.3)
+        assert client.beta.messages.batches.retrieve(batch.id).request_counts.succeeded == 3
+        first = client.beta.messages.batches.with_raw_response.results(batch.id).http_response.read()
+    old_format = tmp_path / "sim" / "msgbatch_oldformat0000000000000000.json"
+    old_format.write_text(json.dumps({"id": old_format.stem, "created_at": time.time() - 10, "betas": [],
+                                      "requests": requests[:1], "cancel_at": None}))
+    with SimulatorServer(config) as server:
+        client = anthropic.Anthropic(api_key="k", base_url=server.url, max_retries=0)
+        assert client.beta.messages.batches.with_raw_response.results(batch.id).http_response.read() == first
+        assert client.beta.messages.batches.retrieve(old_format.stem).request_counts.succeeded == 1
+        client.beta.messages.batches.delete(batch.id)
+    assert sorted(p.name for p in (tmp_path / "sim").iterdir() if batch.id in p.name) == []
 
 
 def test_request_tokens_count_system_and_messages():
