@@ -46,11 +46,16 @@ class PageCost:
 
 def page_costs(doc: Document, model: ModelSpec) -> list[PageCost]:
     """What each page costs as a document block: its text tokens plus its image."""
+    return list(_page_costs(doc.pages, model.tokenizer))
+
+
+@lru_cache(maxsize=1)  # a document's prompts, whole and split, are planned one after another
+def _page_costs(pages: tuple[str, ...], tokenizer: str) -> tuple[PageCost, ...]:
     out = []
-    for text in doc.pages:
-        est = estimate_tokens(text, model.tokenizer)
+    for text in pages:
+        est = estimate_tokens(text, tokenizer)
         out.append(PageCost(est.estimate + PAGE_IMAGE_TOKENS, est.upper + PAGE_IMAGE_TOKENS_UPPER))
-    return out
+    return tuple(out)
 
 
 def pdf_for_pages(doc: Document, first: int, last: int) -> bytes:
