@@ -10,6 +10,7 @@ server SIGKILL when its parent dies (Linux's parent-death signal).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -30,9 +31,25 @@ def temporary_prefect_server() -> Iterator[str | None]:
     server.start()  # from this thread, which lives as long as the process: the signal follows it
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
-            yield server.api_url
+            try:
+                yield server.api_url
+            finally:
+                _drain_queued()
     finally:
         server.stop()
+
+
+def _drain_queued() -> None:
+    """Send the log lines and events still queued while the server is up: otherwise Prefect
+    prints "Error logging to API ... All connection attempts failed" after every run."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        try:
+            service.drain_all(timeout=10)
+        except Exception:  # noqa: BLE001 - lost log lines must not hide how the run ended
+            logging.getLogger(__name__).debug("could not drain %s", service.__name__, exc_info=True)
 
 
 def _server_dying_with_parent() -> Any:
