@@ -5,9 +5,10 @@ against the raw library in the same run.
 
 1. raw: `tasks.ingest.read_document` over every PDF, one after another, in this process (what
    one core does; pypdf and tiktoken inside).
-2. local: the run's ingest as the flow does it with no Dask address (`ingest_document.map` on
-   Prefect's default thread pool: one process, so the GIL shares one core among the threads).
-3. dask: the `ingest-documents` subflow on `DaskTaskRunner(address=...)` of a
+2. local: one `ingest-documents` task per document (`ingest_task.map` on Prefect's default
+   thread pool: one process, so the GIL shares one core among the threads). (A run without a
+   Dask address reads in worker processes instead: bench/ingest_parallel.py.)
+3. dask: the `ingest-on-cluster` subflow on `DaskTaskRunner(address=...)` of a
    `distributed.LocalCluster` of worker processes on 127.0.0.1 (the LONGBATCH_DASK_ADDRESS path).
 A ratio below 1 means faster than raw. Every measurement includes Prefect's own task overhead
 except raw's; the cluster's start-up is not counted (it is already running in real use).
@@ -43,7 +44,7 @@ def main() -> None:
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.dask import on_dask
-    from flows.process import ingest_document, ingest_documents
+    from flows.reading import ingest_on_cluster, ingest_task
     from tasks.ingest import Document, read_document
 
     inbox = (args.corpus / "pdf").absolute()
@@ -51,7 +52,9 @@ def main() -> None:
 
     @flow(name="bench-local-ingest")
     def local_ingest(paths: list[Path], inbox: Path) -> list:
-        return ingest_document.map(paths, inbox=inbox).result()
+        futures = ingest_task.map([[p] for p in paths], inbox=inbox, native_pdf=False, follow_links=False,
+                                  label=[p.name for p in paths])
+        return [item for future in futures for item in future.result()]
 
     with prefect_test_harness(server_startup_timeout=120):
         read_document(paths[0], inbox)  # warm: imports, fonts and the file cache, as the others are
@@ -67,10 +70,10 @@ def main() -> None:
 
         with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address=None) as cluster:
-            on_cluster = on_dask(ingest_documents, cluster.scheduler_address)
-            on_cluster(paths[:1], inbox)  # warm the workers' imports, as a running cluster would be
+            on_cluster = on_dask(ingest_on_cluster, cluster.scheduler_address)
+            on_cluster(paths[:1], inbox, False, False)  # warm the workers' imports, as a running cluster would be
             start = time.perf_counter()
-            remote = on_cluster(paths, inbox)
+            remote = on_cluster(paths, inbox, False, False)
             t_dask = time.perf_counter() - start
 
     same = [(d.doc_id, d.body_cl100k) for d in raw] == [(d.doc_id, d.body_cl100k) for d in local] == \
