@@ -17,19 +17,17 @@ Markers in a document steer single requests, for tests: `[[simulate:refusal]]`,
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 from longbatch.catalog import BUILTIN_MODELS
 from longbatch.fsutil import atomic_write_bytes
+from simulator.batch_store import BatchStore, SimBatch
 from simulator import outline
 from simulator.config import SimConfig
 from simulator.prompt_cache import PromptCache
@@ -54,25 +52,6 @@ class ApiError(Exception):
 FAULT_TYPES = {400: "invalid_request_error", 401: "authentication_error", 429: "rate_limit_error", 500: "api_error", 503: "api_error", 529: "overloaded_error"}
 
 
-@dataclass
-class SimBatch:
-    id: str
-    created_at: float
-    betas: tuple[str, ...]
-    # None once written to the state dir (`<id>.requests.json`): read back only to make the
-    # results, so a simulator inside a run holds one batch body at a time, not every one sent.
-    requests: list[dict[str, Any]] | None
-    custom_ids: list[str]
-    cancel_at: float | None = None
-    results: bytes | None = None  # JSONL, made once the batch has ended
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def to_state(self) -> dict[str, Any]:
-        state = {"id": self.id, "created_at": self.created_at, "betas": list(self.betas),
-                 "custom_ids": self.custom_ids, "cancel_at": self.cancel_at}
-        return state if self.requests is None else state | {"requests": self.requests}
-
-
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -90,8 +69,10 @@ class Simulator:
         # whatever the number of polls before it, so a seed gives a repeatable run.
         self._rngs: dict[str, random.Random] = {}
         self._echo_keys: dict[str, str] = {}  # batch id -> the key its create was sent with
-        if self.config.state_dir:
-            self._load()
+        self.store = BatchStore(self.config.state_dir)
+        for batch in self.store.load():
+            self._batches[batch.id] = batch
+            self.create_log.append((batch.id, batch.custom_ids))
         self.prompt_cache = PromptCache(self.config.cache_hit_rate_in_batch, self.config.seed,
                                         self.config.state_dir / "prompt_cache.json" if self.config.state_dir else None)
 
@@ -148,15 +129,14 @@ class Simulator:
                 raise ApiError(400, "invalid_request_error", f"requests.{i}.params: an object is required")
         batch = SimBatch(f"msgbatch_{uuid.uuid4().hex[:24]}", time.time(), tuple(betas), requests,
                          [r["custom_id"] for r in requests])
-        if self.config.state_dir:
-            self._spill(batch)
+        self.store.spill(batch)
         with self._lock:
             self._batches[batch.id] = batch
             if self.config.echo_key_in_errors and api_key:
                 self._echo_keys[batch.id] = api_key  # in memory only: never in the state dir's records
             self.create_log.append((batch.id, batch.custom_ids))
             self.batch_betas[batch.id] = batch.betas
-            self._save(batch)
+            self.store.save(batch)
         return self._view(batch)
 
     def retrieve(self, batch_id: str) -> dict[str, Any]:
@@ -184,7 +164,7 @@ class Simulator:
         with self._lock:
             if batch.cancel_at is None and not self._ended(batch):
                 batch.cancel_at = time.time()
-                self._save(batch)
+                self.store.save(batch)
         return self._view(batch)
 
     def delete(self, batch_id: str) -> dict[str, Any]:
@@ -193,9 +173,7 @@ class Simulator:
             raise ApiError(400, "invalid_request_error", "a batch can be deleted only once it has ended; cancel it first")
         with self._lock:
             del self._batches[batch_id]
-            if self.config.state_dir:
-                for suffix in (".json", ".results.jsonl", ".requests.json"):
-                    (self.config.state_dir / f"{batch_id}{suffix}").unlink(missing_ok=True)
+            self.store.delete(batch_id)
         return {"id": batch_id, "type": "message_batch_deleted"}
 
     def results(self, batch_id: str) -> bytes:
@@ -274,7 +252,7 @@ class Simulator:
     def _results(self, batch: SimBatch) -> bytes:
         with self._lock:
             if batch.results is None:
-                stored = self._results_path(batch)
+                stored = self.store.results_path(batch)
                 if stored and stored.exists():
                     batch.results = stored.read_bytes()
                     for line in batch.results.splitlines():
@@ -292,7 +270,7 @@ class Simulator:
         lines = []
         # Request i finishes at an even share of the processing time; requests not finished
         # when the batch was cut (cancel, expiry) end canceled or expired.
-        for i, req in enumerate(self.requests_of(batch)):
+        for i, req in enumerate(self.store.requests_of(batch)):
             done_at = batch.created_at + self.config.processing_seconds * (i + 1) / n
             if done_at > end + 1e-9:
                 kind = "canceled" if batch.cancel_at is not None and batch.cancel_at <= end else "expired"
@@ -362,48 +340,3 @@ class Simulator:
                       "output_tokens": count_for_family(body, spec.tokenizer), "service_tier": "batch"},
         }
         return {"type": "succeeded", "message": message}
-
-    # -- persistence -------------------------------------------------------------------------
-
-    def _results_path(self, batch: SimBatch) -> Path | None:
-        return self.config.state_dir / f"{batch.id}.results.jsonl" if self.config.state_dir else None
-
-    def requests_of(self, batch: SimBatch) -> list[dict[str, Any]]:
-        """The batch's requests as they were sent (read back from the state dir once spilled)."""
-        if batch.requests is not None:
-            return batch.requests
-        assert self.config.state_dir is not None
-        with (self.config.state_dir / f"{batch.id}.requests.json").open(encoding="utf-8") as fh:
-            return json.load(fh)
-
-    def _spill(self, batch: SimBatch) -> None:
-        """Write the requests once, streamed (json.dump writes piece by piece), and let them go."""
-        assert self.config.state_dir is not None and batch.requests is not None
-        path = self.config.state_dir / f"{batch.id}.requests.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(batch.requests, fh, ensure_ascii=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        batch.requests = None
-
-    def _save(self, batch: SimBatch) -> None:
-        if self.config.state_dir:
-            data = json.dumps(batch.to_state(), ensure_ascii=False).encode()
-            atomic_write_bytes(self.config.state_dir / f"{batch.id}.json", data)
-
-    def _load(self) -> None:
-        assert self.config.state_dir is not None
-        self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        for path in sorted(self.config.state_dir.glob("msgbatch_*.json")):
-            if path.name.endswith(".requests.json"):
-                continue
-            state = json.loads(path.read_text(encoding="utf-8"))
-            requests = state.get("requests")  # in the state file itself before requests were spilled
-            ids = [r["custom_id"] for r in requests] if requests is not None else state["custom_ids"]
-            batch = SimBatch(state["id"], state["created_at"], tuple(state["betas"]), requests, ids,
-                             state.get("cancel_at"))
-            self._batches[batch.id] = batch
-            self.create_log.append((batch.id, batch.custom_ids))

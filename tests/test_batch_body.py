@@ -79,7 +79,7 @@ def test_the_api_receives_exactly_what_the_full_plan_holds(data_dir, corpus, sim
         render.prepare(list(todo))
         outcome = submit_batch(client, ledger, type(batch)(batch.betas, todo), render, data_dir)
         assert outcome.state == "submitted", outcome
-        sent += sim.sim.requests_of(sim.sim._batches[outcome.api_id])
+        sent += sim.sim.store.requests_of(sim.sim._batches[outcome.api_id])
     expected = {r.custom_id: json.loads(render_planned(r)) for r in full.requests if r.fingerprint in queued}
     assert len(sent) == len(expected) >= 8
     assert {r["custom_id"]: r for r in sent} == expected  # text, breakpoints, grants: all the same
@@ -102,7 +102,7 @@ def test_a_document_changed_after_planning_fails_with_the_reason_and_the_rest_go
     failed = ledger.requests_in_state(RequestState.FAILED)
     assert {r.source for r in failed} == {"memo.txt"} and len(failed) == sum(r.doc_id.startswith("memo") for r in todo)
     assert all(r.error_type == NOT_REBUILDABLE and "changed since it was planned" in r.error_message for r in failed)
-    sent = {r["custom_id"] for r in sim.sim.requests_of(sim.sim._batches[outcome.api_id])}
+    sent = {r["custom_id"] for r in sim.sim.store.requests_of(sim.sim._batches[outcome.api_id])}
     assert sent == {r.custom_id for r in todo} - {r.custom_id for r in failed} and sent
     ledger.close()
 

@@ -234,7 +234,7 @@ def test_a_state_dir_keeps_batch_bodies_on_disk_not_in_memory(tmp_path):
         client = anthropic.Anthropic(api_key="k", base_url=server.url, max_retries=0)
         batch = client.beta.messages.batches.create(requests=requests)
         assert server.sim._batches[batch.id].requests is None  # spilled at create
-        assert server.sim.requests_of(server.sim._batches[batch.id]) == requests
+        assert server.sim.store.requests_of(server.sim._batches[batch.id]) == requests
         assert server.sim.create_log == [(batch.id, ["r0", "r1", "r2"])]
         time.sleep(0.3)
         assert client.beta.messages.batches.retrieve(batch.id).request_counts.succeeded == 3
