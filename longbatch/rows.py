@@ -58,6 +58,25 @@ def upsert(conn: Connection, table: sa.Table, keys: tuple[str, ...], values: dic
         index_elements=list(keys), set_={k: v for k, v in values.items() if k not in keys}))
 
 
+def insert_new(conn: Connection, table: sa.Table, values: dict[str, Any]) -> bool:
+    """Insert unless a row with the same key exists; True if this call inserted it. One statement
+    (INSERT ... ON CONFLICT DO NOTHING), so a duplicate does not abort the transaction it is in:
+    many claims can share one commit."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - other databases: a savepoint keeps a duplicate from aborting the rest
+        try:
+            with conn.begin_nested():
+                conn.execute(table.insert().values(**values))
+            return True
+        except sa.exc.IntegrityError:
+            return False
+    statement = insert(table).values(**values).on_conflict_do_nothing().returning(sa.literal(1))
+    return conn.execute(statement).first() is not None  # a row back: this call inserted it
+
+
 def plan_of(r: Mapping[str, Any]) -> PlanRecord:
     data = json.loads(r["data"])
     row = PlanRow(**{k: v for k, v in data.items() if k in _PLAN_ROW_FIELDS})

@@ -1,0 +1,98 @@
+"""The ledger's bulk writes (a part of `Ledger`): many claims, or many results, per transaction.
+
+A commit costs an fsync (~2 ms on SQLite, a round trip and a WAL flush on PostgreSQL); at
+thousands of documents one commit per request was most of a run's ledger time. Each chunk is
+one transaction, so what it holds is recorded entirely or not at all: a crash between chunks
+leaves whole claims and whole results, never a result without its request's new state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
+from typing import TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from longbatch.records import CREATE_FAILED, SUPERSEDED, Claim, RequestState, ResultWrite
+from longbatch.rows import insert_new, request_values, upsert
+from longbatch.schema import requests, results
+
+# Rows per transaction: large enough that commits stop mattering, small enough that a
+# transaction holds its locks (PostgreSQL) or the write lock (SQLite) for well under a second.
+CHUNK_ROWS = 1_000
+
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = CHUNK_ROWS) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), size):
+        yield items[i: i + size]
+
+
+class BulkBook:
+    """Claims and results written in chunks of CHUNK_ROWS, one transaction each."""
+
+    scope: str
+
+    def tx(self) -> AbstractContextManager[Connection]:  # provided by Ledger
+        raise NotImplementedError
+
+    def _mine(self, table: sa.Table) -> sa.ColumnElement[bool]:  # provided by Ledger
+        raise NotImplementedError
+
+    def claim_many(self, claims: Sequence[Claim], supersede: Sequence[tuple[str, str]] = ()) -> set[str]:
+        """Record new requests as queued (held, with a primer), as `claim` does one by one, and
+        drop older unsent work of each (custom_id, current fingerprint) in `supersede`, as
+        `supersede` does. Returns the fingerprints this call created: a request already known
+        (from an earlier run or a concurrent one) is not claimed again.
+
+        Inserts go in fingerprint order and supersedes in custom_id order, so two processes
+        claiming overlapping plans on PostgreSQL take row locks in the same order (no deadlock)."""
+        claimed: set[str] = set()
+        ordered = sorted(claims, key=lambda c: c.request.fingerprint)
+        for chunk in chunks(ordered):
+            with self.tx() as conn:
+                for c in chunk:
+                    state = RequestState.HELD if c.primer else RequestState.QUEUED
+                    if insert_new(conn, requests, {**request_values(self.scope, c.request, state, 0),
+                                                   "primer": c.primer, "max_cost_usd": c.max_cost_usd}):
+                        claimed.add(c.request.fingerprint)
+        for sup in chunks(sorted(supersede)):
+            with self.tx() as conn:
+                for custom_id, current in sup:
+                    self._supersede(conn, custom_id, current)
+        return claimed
+
+    def _supersede(self, conn: Connection, custom_id: str, current_fingerprint: str) -> int:
+        """Older work for the same document and prompt that was never sent (queued, held, or
+        failed before reaching the API) is dropped in favour of the current plan's request."""
+        return conn.execute(requests.update().where(
+            self._mine(requests) & (requests.c.custom_id == custom_id) & (requests.c.fingerprint != current_fingerprint)
+            & ((requests.c.state == RequestState.QUEUED) | (requests.c.state == RequestState.HELD)
+               | ((requests.c.state == RequestState.FAILED) & (requests.c.error_type == CREATE_FAILED)))
+        ).values(state=RequestState.FAILED, error_type=SUPERSEDED, updated_at=time.time(),
+                 error_message="replaced by a newer plan of the same document and prompt")).rowcount
+
+    def record_results(self, writes: Sequence[ResultWrite]) -> None:
+        """Results and their requests' new states, a chunk per transaction: each result is
+        recorded with its request's state or not at all, as `record_result` does one by one."""
+        for chunk in chunks(writes):
+            now = time.time()
+            with self.tx() as conn:
+                for w in chunk:
+                    upsert(conn, results, ("scope", "batch_id", "custom_id"),
+                           {**dataclasses.asdict(w.result), "scope": self.scope, "received_at": now})
+                    conn.execute(requests.update().where(
+                        self._mine(requests) & (requests.c.fingerprint == w.result.fingerprint)).values(
+                        state=w.request_state, error_type=w.error_type, error_message=w.error_message,
+                        updated_at=now))
+
+    def recorded_custom_ids(self, batch_id: str) -> set[str]:
+        """The custom_ids of a batch whose results are recorded already (a resumed collect)."""
+        with self.tx() as conn:
+            return set(conn.execute(sa.select(results.c.custom_id).where(
+                self._mine(results) & (results.c.batch_id == batch_id))).scalars())
