@@ -17,8 +17,8 @@ from typing import TypeVar
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from longbatch.records import CREATE_FAILED, SUPERSEDED, Claim, RequestState, ResultWrite
-from longbatch.rows import insert_new, request_values, upsert
+from longbatch.records import CREATE_FAILED, SUPERSEDED, Claim, RequestState, ResultRecord, ResultWrite
+from longbatch.rows import insert_new, request_values, result_of
 from longbatch.schema import requests, results
 
 # Rows per transaction: large enough that commits stop mattering, small enough that a
@@ -77,19 +77,39 @@ class BulkBook:
         ).values(state=RequestState.FAILED, error_type=SUPERSEDED, updated_at=time.time(),
                  error_message="replaced by a newer plan of the same document and prompt")).rowcount
 
-    def record_results(self, writes: Sequence[ResultWrite]) -> None:
+    def record_results(self, writes: Sequence[ResultWrite]) -> set[str]:
         """Results and their requests' new states, a chunk per transaction: each result is
-        recorded with its request's state or not at all, as `record_result` does one by one."""
+        recorded with its request's state or not at all. A result already recorded (the same
+        batch and custom_id) is left as it is, and so is its request: of two processes collecting
+        one batch at once, the later cannot set back a request the earlier has already retried.
+        Returns the custom_ids this call recorded."""
+        recorded: set[str] = set()
         for chunk in chunks(writes):
             now = time.time()
             with self.tx() as conn:
                 for w in chunk:
-                    upsert(conn, results, ("scope", "batch_id", "custom_id"),
-                           {**dataclasses.asdict(w.result), "scope": self.scope, "received_at": now})
+                    if not insert_new(conn, results, {**dataclasses.asdict(w.result), "scope": self.scope,
+                                                      "received_at": now}):
+                        continue
                     conn.execute(requests.update().where(
                         self._mine(requests) & (requests.c.fingerprint == w.result.fingerprint)).values(
                         state=w.request_state, error_type=w.error_type, error_message=w.error_message,
                         updated_at=now))
+                    recorded.add(w.result.custom_id)
+        return recorded
+
+    def latest_results(self, fingerprints: Sequence[str]) -> dict[str, ResultRecord]:
+        """`latest_result` for many requests: one query per 500, not one each (summary.csv)."""
+        latest: dict[str, ResultRecord] = {}
+        with self.tx() as conn:
+            for chunk in chunks(sorted(set(fingerprints)), 500):
+                rows = conn.execute(sa.select(results).where(self._mine(results) & results.c.fingerprint.in_(chunk)))
+                for row in rows.mappings():
+                    res = result_of(row)
+                    best = latest.get(res.fingerprint)
+                    if best is None or (res.attempt, res.received_at) > (best.attempt, best.received_at):
+                        latest[res.fingerprint] = res
+        return latest
 
     def recorded_custom_ids(self, batch_id: str) -> set[str]:
         """The custom_ids of a batch whose results are recorded already (a resumed collect)."""

@@ -74,12 +74,11 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
                          outcome.error_type, outcome.error_message, outcome.message_id, report_path),
             state, outcome.error_type or (outcome.result_type if failed else None),
             outcome.error_message if failed else None))
-        stats.add(outcome.result_type)
         if len(pending) >= limit:
-            ledger.record_results(pending)
+            _record(ledger, pending, stats)
             pending, limit = [], RESULTS_PER_COMMIT
             failpoint("mid-results")
-    ledger.record_results(pending)
+    _record(ledger, pending, stats)
     if record.adopted and not seen:
         # An adopted batch holding none of our custom_ids was a wrong match: say so loudly; its
         # requests are treated as never sent (they are retried below).
@@ -92,6 +91,13 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
     ledger.mark_collected(record.id)
     failpoint("after-collected")
     return stats
+
+
+def _record(ledger: Ledger, writes: list[ResultWrite], stats: CollectStats) -> None:
+    """Record results; one another process recorded first (collecting the same batch) is theirs."""
+    recorded = ledger.record_results(writes)
+    for w in writes:
+        stats.add(w.result.result_type if w.result.custom_id in recorded else "already_recorded")
 
 
 def settle_retries(ledger: Ledger, max_attempts: int) -> list[str]:

@@ -4,6 +4,7 @@ small documents records every one of them."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from pathlib import Path
 
@@ -149,3 +150,32 @@ def test_a_run_over_three_hundred_small_documents_records_every_one(ledger_url, 
         assert {r.state for r in ledger.requests_in_state(*RequestState)} == {RequestState.SUCCEEDED}
     finally:
         ledger.close()
+
+
+def test_latest_results_agree_with_latest_result_one_by_one(ledger):
+    claims = [claim_of(i) for i in range(1, 701)]
+    ledger.claim_many(claims)
+    ledger.record_results([write_of(c, "errored") for c in claims])
+    retried = [dataclasses.replace(write_of(c), result=dataclasses.replace(write_of(c).result, batch_id="msgbatch_2",
+                                                                              attempt=2, input_tokens=20))
+               for c in claims[::2]]
+    ledger.record_results(retried)
+    fps = [c.request.fingerprint for c in claims]
+    latest = ledger.latest_results(fps + ["0" * 64])  # one never recorded: absent
+    assert set(latest) == set(fps)
+    for fp in fps[:50]:
+        assert latest[fp] == ledger.latest_result(fp)
+    assert latest[fps[0]].attempt == 2 and latest[fps[1]].attempt == 1
+
+
+def test_a_late_second_collector_does_not_set_back_a_retried_request(ledger):
+    """Two processes collect one batch: the first records `errored`, the request is requeued and
+    retried; the second, late, records the same result again. Nothing changes: the request is not
+    made retryable again (which would send it, and pay for it, twice)."""
+    claim = claim_of(1)
+    ledger.claim_many([claim])
+    first = write_of(claim, "errored")
+    assert ledger.record_results([first]) == {claim.request.custom_id}
+    assert ledger.requeue(claim.request.fingerprint, RequestState.RETRYABLE)
+    assert ledger.record_results([first]) == set()
+    assert ledger.request(claim.request.fingerprint).state == RequestState.QUEUED
