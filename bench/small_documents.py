@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--poll", type=float, default=2.0, help="first poll interval, both sides (longbatch's default)")
     ap.add_argument("--with-ephemeral-server", action="store_true",
                     help="let the CLI start its own Prefect server (its startup is then in the figure)")
+    ap.add_argument("--save-output", type=Path, help="write the run's output (and the Prefect server's) here")
     ap.add_argument("--profile", type=Path, help="run the CLI under cProfile, write the stats here, print them")
     args = ap.parse_args()
 
@@ -209,6 +210,8 @@ def main() -> None:
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         if rc != 0:
             print(out[-3000:])
+        if args.save_output:
+            args.save_output.write_text(out + "\n--- Prefect server ---\n" + server_out, encoding="utf-8")
         if args.profile:
             print_profile(args.profile)
 

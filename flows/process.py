@@ -17,6 +17,7 @@ import anthropic
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
+from prefect.utilities.annotations import quote
 from pydantic import Field
 
 from flows.artifacts import WaitReporter, publish_run_artifacts
@@ -54,6 +55,9 @@ MAX_SUBMIT_ROUNDS = 50
 
 
 # -- tasks: thin wrappers around the stages -------------------------------------------------
+
+# Large arguments (documents, plans, requests) are passed as quote(...): Prefect would otherwise
+# walk every nested element of them looking for futures, on each task call (issue 10).
 
 # Documents per ingest task: per-task overhead stays off the per-document path at thousands of
 # documents (the run's artifacts show each document's outcome), and each task reads on every core.
@@ -181,7 +185,7 @@ def submit_until_settled(client: anthropic.Anthropic, ledger: Ledger, requests: 
     resubmit only what provably never reached the server."""
     mine = {r.fingerprint for r in requests}
     for _ in range(MAX_SUBMIT_ROUNDS):
-        submit_task(client, ledger, requests)
+        submit_task(client, ledger, quote(requests))
         reconcile_task(client, ledger, settings)
         unknown = ledger.batches_in_state(BatchState.UNKNOWN)
         queued = [r for r in ledger.requests_in_state(RequestState.QUEUED) if r.fingerprint in mine]
@@ -251,7 +255,7 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
         items = ingest(paths, settings)
     for warning in normalize_betas(settings.betas)[1]:
         logger.warning(warning)
-    plan = plan_task(items, prompts, model, settings)
+    plan = plan_task(quote(items), prompts, model, settings)
     failpoint("after-ingest")
     ledger = Ledger.open(settings)
     try:
@@ -259,8 +263,8 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
             online = model_from_api(client, settings.model)
             if online != model:  # the service's facts differ from the built-in table: plan with them
                 model = online
-                plan = plan_task(items, prompts, model, settings)
-            plan = exact_count_task(client, ledger, plan, items, prompts, model, settings)
+                plan = plan_task(quote(items), prompts, model, settings)
+            plan = exact_count_task(client, ledger, quote(plan), quote(items), prompts, model, settings)
             recover_from_reports(ledger, settings.data_dir)  # a lost ledger: what was paid for is not sent again
             ledger.record_plan(plan_records(plan), [item.source for item in items])
             failpoint("after-plan")

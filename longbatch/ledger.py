@@ -29,9 +29,9 @@ from longbatch.schema import (SCHEMA_VERSION, batches, default_url, open_engine,
                               reductions, requests, results, token_counts)
 from longbatch.settings import Settings
 from longbatch.ledger_batches import BatchBook
-from longbatch.ledger_bulk import BulkBook
+from longbatch.ledger_bulk import BulkBook, chunks
 from longbatch.ledger_money import MoneyBook, SpendState
-from longbatch.rows import plan_of, request_of, request_values, result_of, step_of, upsert
+from longbatch.rows import plan_of, request_of, request_values, result_of, step_of, upsert, upsert_many
 
 __all__ = ["SCHEMA_VERSION", "BatchRecord", "Ledger", "SpendState", "default_url", "upsert"]
 
@@ -89,14 +89,17 @@ class Ledger(BatchBook, MoneyBook, BulkBook):
             for i in range(0, len(stale), 500):
                 conn.execute(plan_rows.delete().where(self._mine(plan_rows)
                                                       & plan_rows.c.source.in_(stale[i: i + 500])))
+            rows = []
             for rec in records:
                 row = rec.row
                 data = {**row.csv_record(), "fingerprint": rec.fingerprint,
                         "part_fingerprints": list(rec.part_fingerprints)}
-                upsert(conn, plan_rows, ("scope", "source", "prompt", "model"), dict(
+                rows.append(dict(
                     scope=self.scope, source=row.source, prompt=row.prompt, model=row.model, doc_id=row.doc_id, sha256=row.sha256,
                     status=str(row.status), reason=row.reason, fingerprint=rec.fingerprint,
                     data=json.dumps(data, default=str), planned_at=now))
+            for chunk in chunks(rows):  # one statement compiled, not one per document
+                upsert_many(conn, plan_rows, ("scope", "source", "prompt", "model"), list(chunk))
 
     def plan(self) -> list[PlanRecord]:
         with self.tx() as conn:

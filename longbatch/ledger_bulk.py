@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from longbatch.records import CREATE_FAILED, SUPERSEDED, Claim, RequestState, ResultRecord, ResultWrite
-from longbatch.rows import insert_new, request_values, result_of
+from longbatch.rows import insert_new_many, request_values, result_of
 from longbatch.schema import requests, results
 
 # Rows per transaction: large enough that commits stop mattering, small enough that a
@@ -26,6 +26,10 @@ from longbatch.schema import requests, results
 CHUNK_ROWS = 1_000
 
 T = TypeVar("T")
+
+# Work never sent: queued, held, or failed before reaching the API. Only it may be superseded.
+_UNSENT = ((requests.c.state == RequestState.QUEUED) | (requests.c.state == RequestState.HELD)
+           | ((requests.c.state == RequestState.FAILED) & (requests.c.error_type == CREATE_FAILED)))
 
 
 def chunks(items: Sequence[T], size: int = CHUNK_ROWS) -> Iterator[Sequence[T]]:
@@ -55,16 +59,20 @@ class BulkBook:
         claimed: set[str] = set()
         ordered = sorted(claims, key=lambda c: c.request.fingerprint)
         for chunk in chunks(ordered):
+            rows = [{**request_values(self.scope, c.request, RequestState.HELD if c.primer else RequestState.QUEUED, 0),
+                     "primer": c.primer, "max_cost_usd": c.max_cost_usd} for c in chunk]
             with self.tx() as conn:
-                for c in chunk:
-                    state = RequestState.HELD if c.primer else RequestState.QUEUED
-                    if insert_new(conn, requests, {**request_values(self.scope, c.request, state, 0),
-                                                   "primer": c.primer, "max_cost_usd": c.max_cost_usd}):
-                        claimed.add(c.request.fingerprint)
+                claimed |= insert_new_many(conn, requests, rows, "fingerprint")
+        statement = requests.update().where(
+            (requests.c.scope == sa.bindparam("b_scope")) & (requests.c.custom_id == sa.bindparam("b_custom_id"))
+            & (requests.c.fingerprint != sa.bindparam("b_current")) & _UNSENT).values(
+            state=RequestState.FAILED, error_type=SUPERSEDED, updated_at=sa.bindparam("b_now"),
+            error_message="replaced by a newer plan of the same document and prompt")
         for sup in chunks(sorted(supersede)):
+            now = time.time()
             with self.tx() as conn:
-                for custom_id, current in sup:
-                    self._supersede(conn, custom_id, current)
+                conn.execute(statement, [{"b_scope": self.scope, "b_custom_id": custom_id, "b_current": current,
+                                          "b_now": now} for custom_id, current in sup])
         return claimed
 
     def _supersede(self, conn: Connection, custom_id: str, current_fingerprint: str) -> int:
@@ -72,10 +80,8 @@ class BulkBook:
         failed before reaching the API) is dropped in favour of the current plan's request."""
         return conn.execute(requests.update().where(
             self._mine(requests) & (requests.c.custom_id == custom_id) & (requests.c.fingerprint != current_fingerprint)
-            & ((requests.c.state == RequestState.QUEUED) | (requests.c.state == RequestState.HELD)
-               | ((requests.c.state == RequestState.FAILED) & (requests.c.error_type == CREATE_FAILED)))
-        ).values(state=RequestState.FAILED, error_type=SUPERSEDED, updated_at=time.time(),
-                 error_message="replaced by a newer plan of the same document and prompt")).rowcount
+            & _UNSENT).values(state=RequestState.FAILED, error_type=SUPERSEDED, updated_at=time.time(),
+                              error_message="replaced by a newer plan of the same document and prompt")).rowcount
 
     def record_results(self, writes: Sequence[ResultWrite]) -> set[str]:
         """Results and their requests' new states, a chunk per transaction: each result is
@@ -84,18 +90,21 @@ class BulkBook:
         one batch at once, the later cannot set back a request the earlier has already retried.
         Returns the custom_ids this call recorded."""
         recorded: set[str] = set()
+        statement = requests.update().where(
+            (requests.c.scope == sa.bindparam("b_scope")) & (requests.c.fingerprint == sa.bindparam("b_fingerprint"))
+        ).values(state=sa.bindparam("b_state"), error_type=sa.bindparam("b_error_type"),
+                 error_message=sa.bindparam("b_error_message"), updated_at=sa.bindparam("b_now"))
         for chunk in chunks(writes):
             now = time.time()
+            rows = [{**dataclasses.asdict(w.result), "scope": self.scope, "received_at": now} for w in chunk]
             with self.tx() as conn:
-                for w in chunk:
-                    if not insert_new(conn, results, {**dataclasses.asdict(w.result), "scope": self.scope,
-                                                      "received_at": now}):
-                        continue
-                    conn.execute(requests.update().where(
-                        self._mine(requests) & (requests.c.fingerprint == w.result.fingerprint)).values(
-                        state=w.request_state, error_type=w.error_type, error_message=w.error_message,
-                        updated_at=now))
-                    recorded.add(w.result.custom_id)
+                new = insert_new_many(conn, results, rows, "custom_id")
+                states = [{"b_scope": self.scope, "b_fingerprint": w.result.fingerprint, "b_state": w.request_state,
+                           "b_error_type": w.error_type, "b_error_message": w.error_message, "b_now": now}
+                          for w in chunk if w.result.custom_id in new]
+                if states:
+                    conn.execute(statement, states)
+            recorded |= new
         return recorded
 
     def latest_results(self, fingerprints: Sequence[str]) -> dict[str, ResultRecord]:
