@@ -11,6 +11,7 @@ from pathlib import Path
 import anthropic
 
 from longbatch.failpoints import failpoint
+from longbatch.fsutil import sync_filesystem
 from longbatch.ledger import Ledger
 from longbatch.records import MISSING_RESULT, BatchRecord, RequestState, ResultRecord, ResultWrite
 from tasks.batches import download_results
@@ -61,7 +62,8 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
         report_path = None
         if outcome.result_type == "succeeded":
             ctx = ReportContext(request, attempt, record.id, record.api_id, record.created_at, record.ended_at)
-            report_path = str(write_report(data_dir / "reports", outcome, ctx))
+            # Not synced one by one: _record syncs the reports' filesystem once before recording them.
+            report_path = str(write_report(data_dir / "reports", outcome, ctx, durable=False))
             failpoint("after-report")
             state = RequestState.SUCCEEDED
         else:
@@ -75,10 +77,10 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
             state, outcome.error_type or (outcome.result_type if failed else None),
             outcome.error_message if failed else None))
         if len(pending) >= limit:
-            _record(ledger, pending, stats)
+            _record(ledger, pending, stats, data_dir)
             pending, limit = [], RESULTS_PER_COMMIT
             failpoint("mid-results")
-    _record(ledger, pending, stats)
+    _record(ledger, pending, stats, data_dir)
     if record.adopted and not seen:
         # An adopted batch holding none of our custom_ids was a wrong match: say so loudly; its
         # requests are treated as never sent (they are retried below).
@@ -93,8 +95,11 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
     return stats
 
 
-def _record(ledger: Ledger, writes: list[ResultWrite], stats: CollectStats) -> None:
-    """Record results; one another process recorded first (collecting the same batch) is theirs."""
+def _record(ledger: Ledger, writes: list[ResultWrite], stats: CollectStats, data_dir: Path) -> None:
+    """Record results, their reports on disk first (one syncfs for the chunk, not an fsync per
+    file); a result another process recorded first (collecting the same batch) is theirs."""
+    if any(w.result.report_path for w in writes):
+        sync_filesystem(data_dir / "reports")
     recorded = ledger.record_results(writes)
     for w in writes:
         stats.add(w.result.result_type if w.result.custom_id in recorded else "already_recorded")

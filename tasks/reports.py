@@ -79,7 +79,9 @@ def banner(outcome: Outcome, max_tokens: int) -> str:
     return ""
 
 
-def write_report(reports_dir: Path, outcome: Outcome, ctx: ReportContext) -> Path:
+def write_report(reports_dir: Path, outcome: Outcome, ctx: ReportContext, durable: bool = True) -> Path:
+    """The report's Markdown and JSON. `durable=False`: no fsync; the caller makes them durable
+    (`sync_filesystem`) before recording them in the ledger."""
     req = ctx.request
     md_path, json_path = report_paths(reports_dir, req.doc_id, req.model, req.prompt, req.piece)
     meta: dict[str, Any] = {
@@ -125,8 +127,8 @@ def write_report(reports_dir: Path, outcome: Outcome, ctx: ReportContext) -> Pat
         if req.piece.kind == PieceKind.FINAL and req.links is not None:
             header = _coverage(req.links)
     # The Markdown first, then the JSON: a present .json always has its report beside it.
-    atomic_write_text(md_path, header + banner(outcome, req.max_tokens) + outcome.text)
-    atomic_write_text(json_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(md_path, header + banner(outcome, req.max_tokens) + outcome.text, durable)
+    atomic_write_text(json_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n", durable)
     return md_path
 
 
