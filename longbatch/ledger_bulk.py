@@ -88,7 +88,7 @@ class BulkBook:
         recorded with its request's state or not at all. A result already recorded (the same
         batch and custom_id) is left as it is, and so is its request: of two processes collecting
         one batch at once, the later cannot set back a request the earlier has already retried.
-        Returns the custom_ids this call recorded."""
+        `writes` are of one batch; returns the custom_ids this call recorded."""
         recorded: set[str] = set()
         statement = requests.update().where(
             (requests.c.scope == sa.bindparam("b_scope")) & (requests.c.fingerprint == sa.bindparam("b_fingerprint"))
