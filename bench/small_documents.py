@@ -217,4 +217,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        import shutil
+
+        if os.environ.get("PREFECT_HOME", "").startswith(tempfile.gettempdir()):
+            shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)  # the bench's own Prefect home
