@@ -222,5 +222,5 @@ if __name__ == "__main__":
     finally:
         import shutil
 
-        if os.environ.get("PREFECT_HOME", "").startswith(tempfile.gettempdir()):
+        if Path(os.environ.get("PREFECT_HOME", "")).name.startswith("lb-small-prefect-"):
             shutil.rmtree(os.environ["PREFECT_HOME"], ignore_errors=True)  # the bench's own Prefect home
