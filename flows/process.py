@@ -17,6 +17,7 @@ import anthropic
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
+from prefect.utilities.annotations import quote
 from pydantic import Field
 
 from flows.artifacts import WaitReporter, publish_run_artifacts
@@ -55,6 +56,9 @@ MAX_SUBMIT_ROUNDS = 50
 
 
 # -- tasks: thin wrappers around the stages -------------------------------------------------
+
+# Large arguments (plans, requests) are passed as quote(...): Prefect would otherwise walk every
+# nested element of them looking for futures, on each task call (issue 10).
 
 @task(name="count-tokens", cache_policy=NO_CACHE)
 def exact_count_task(client: anthropic.Anthropic, ledger: Ledger, plan: Plan, inbox: Inbox,
@@ -142,7 +146,7 @@ def submit_until_settled(client: anthropic.Anthropic, ledger: Ledger, requests: 
     resubmit only what provably never reached the server."""
     mine = {r.fingerprint for r in requests}
     for _ in range(MAX_SUBMIT_ROUNDS):
-        submit_task(client, ledger, requests, settings)
+        submit_task(client, ledger, quote(requests), settings)
         reconcile_task(client, ledger, settings)
         unknown = ledger.batches_in_state(BatchState.UNKNOWN)
         queued = [r for r in ledger.requests_in_state(RequestState.QUEUED) if r.fingerprint in mine]
@@ -217,7 +221,7 @@ def process_documents(params: RunParameters = RunParameters()) -> dict[str, Any]
             if online != model:  # the service's facts differ from the built-in table: plan with them
                 model = online
                 plan = inbox_docs.plan(prompts, model)
-            plan = exact_count_task(client, ledger, plan, inbox_docs, prompts, model, settings)
+            plan = exact_count_task(client, ledger, quote(plan), inbox_docs, prompts, model, settings)
             recover_from_reports(ledger, settings.data_dir)  # a lost ledger: what was paid for is not sent again
             ledger.record_plan(plan_records(plan), {row.source for row in plan.rows})
             failpoint("after-plan")

@@ -23,19 +23,20 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from longbatch.records import (CREATE_FAILED, SUPERSEDED, BatchRecord, NewRequest, PlanRecord, RequestRecord, RequestState, ResultRecord, StepRecipe, StepRecord,
+from longbatch.records import (BatchRecord, NewRequest, PlanRecord, RequestRecord, RequestState, ResultRecord, StepRecipe, StepRecord,
                                StepState, UsageRecord)
 from longbatch.schema import (SCHEMA_VERSION, batches, default_url, open_engine, plan_rows,
                               reductions, requests, results, token_counts)
 from longbatch.settings import Settings
 from longbatch.ledger_batches import BatchBook
+from longbatch.ledger_bulk import BulkBook, chunks
 from longbatch.ledger_money import MoneyBook, SpendState
-from longbatch.rows import plan_of, request_of, request_values, result_of, step_of, upsert
+from longbatch.rows import plan_of, request_of, request_values, result_of, step_of, upsert, upsert_many
 
 __all__ = ["SCHEMA_VERSION", "BatchRecord", "Ledger", "SpendState", "default_url", "upsert"]
 
 
-class Ledger(BatchBook, MoneyBook):
+class Ledger(BatchBook, MoneyBook, BulkBook):
     def __init__(self, url: str, scope: str = "") -> None:
         self.url = url
         self.scope = scope
@@ -88,14 +89,17 @@ class Ledger(BatchBook, MoneyBook):
             for i in range(0, len(stale), 500):
                 conn.execute(plan_rows.delete().where(self._mine(plan_rows)
                                                       & plan_rows.c.source.in_(stale[i: i + 500])))
+            rows = []
             for rec in records:
                 row = rec.row
                 data = {**row.csv_record(), "fingerprint": rec.fingerprint,
                         "part_fingerprints": list(rec.part_fingerprints)}
-                upsert(conn, plan_rows, ("scope", "source", "prompt", "model"), dict(
+                rows.append(dict(
                     scope=self.scope, source=row.source, prompt=row.prompt, model=row.model, doc_id=row.doc_id, sha256=row.sha256,
                     status=str(row.status), reason=row.reason, fingerprint=rec.fingerprint,
                     data=json.dumps(data, default=str), planned_at=now))
+            for chunk in chunks(rows):  # one statement compiled, not one per document
+                upsert_many(conn, plan_rows, ("scope", "source", "prompt", "model"), list(chunk))
 
     def plan(self) -> list[PlanRecord]:
         with self.tx() as conn:
@@ -157,12 +161,7 @@ class Ledger(BatchBook, MoneyBook):
         """Older work for the same document and prompt that was never sent (queued, or failed
         before reaching the API) is dropped in favour of the current plan's request."""
         with self.tx() as conn:
-            return conn.execute(requests.update().where(
-                self._mine(requests) & (requests.c.custom_id == custom_id) & (requests.c.fingerprint != current_fingerprint)
-                & ((requests.c.state == RequestState.QUEUED) | (requests.c.state == RequestState.HELD)
-                   | ((requests.c.state == RequestState.FAILED) & (requests.c.error_type == CREATE_FAILED)))
-            ).values(state=RequestState.FAILED, error_type=SUPERSEDED, updated_at=time.time(),
-                     error_message="replaced by a newer plan of the same document and prompt")).rowcount
+            return self._supersede(conn, custom_id, current_fingerprint)
 
     def requeue(self, fingerprint: str, from_state: RequestState) -> bool:
         """Move a request back to queued for another attempt; only one caller wins the move."""

@@ -39,15 +39,17 @@ def temporary_prefect_server() -> Iterator[str | None]:
         server.stop()
 
 
-def _drain_queued() -> None:
-    """Send the log lines and events still queued while the server is up: otherwise Prefect
-    prints "Error logging to API ... All connection attempts failed" after every run."""
+def _drain_queued(timeout: float = 60.0) -> None:
+    """Send the log lines and events still queued in this process while the server is up. Left
+    to Prefect's exit hooks they are sent after the server has stopped: Prefect then prints
+    "Error logging to API ... All connection attempts failed", and a run of 10,000 documents
+    waited ~70 s at exit for their retries and lost its last logs."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
 
     for service in (APILogWorker, EventsWorker):
         try:
-            service.drain_all(timeout=10)
+            service.drain_all(timeout=timeout)
         except Exception:  # noqa: BLE001 - lost log lines must not hide how the run ended
             logging.getLogger(__name__).debug("could not drain %s", service.__name__, exc_info=True)
 

@@ -200,6 +200,15 @@ class NewRequest:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """One request to claim: the work, the request priming its document's cache (it is held
+    until then) and its worst-case cost."""
+    request: NewRequest
+    primer: str | None = None
+    max_cost_usd: float | None = None
+
+
+@dataclass(frozen=True)
 class RequestRecord(NewRequest):
     """A request as the ledger holds it: the work and where it stands."""
     state: RequestState = RequestState.QUEUED
@@ -232,6 +241,15 @@ class ResultRecord:
     message_id: str | None = None
     report_path: str | None = None
     received_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ResultWrite:
+    """A result to record and the state its request moves to, with the request's error."""
+    result: ResultRecord
+    request_state: RequestState
+    error_type: str | None = None
+    error_message: str | None = None
 
 
 @dataclass(frozen=True)

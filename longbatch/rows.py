@@ -58,6 +58,58 @@ def upsert(conn: Connection, table: sa.Table, keys: tuple[str, ...], values: dic
         index_elements=list(keys), set_={k: v for k, v in values.items() if k not in keys}))
 
 
+def _dialect_insert(conn: Connection) -> Any:
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def upsert_many(conn: Connection, table: sa.Table, keys: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    """`upsert` for many rows (all with the same columns) in one executemany: the statement is
+    compiled once, not once a row."""
+    if not rows:
+        return
+    if conn.dialect.name not in ("postgresql", "sqlite"):  # pragma: no cover - the portable way
+        for row in rows:
+            upsert(conn, table, keys, row)
+        return
+    statement = _dialect_insert(conn)(table)
+    conn.execute(statement.on_conflict_do_update(
+        index_elements=list(keys), set_={k: statement.excluded[k] for k in rows[0] if k not in keys}), rows)
+
+
+def insert_new_many(conn: Connection, table: sa.Table, rows: list[dict[str, Any]], key: str) -> set[Any]:
+    """`insert_new` for many rows (all with the same columns) in one executemany; returns the
+    `key` values of the rows this call inserted (INSERT ... ON CONFLICT DO NOTHING RETURNING)."""
+    if not rows:
+        return set()
+    if conn.dialect.name not in ("postgresql", "sqlite"):  # pragma: no cover - the portable way
+        return {row[key] for row in rows if insert_new(conn, table, row)}
+    statement = _dialect_insert(conn)(table).on_conflict_do_nothing().returning(table.c[key])
+    return set(conn.execute(statement, rows).scalars())
+
+
+def insert_new(conn: Connection, table: sa.Table, values: dict[str, Any]) -> bool:
+    """Insert unless a row with the same key exists; True if this call inserted it. One statement
+    (INSERT ... ON CONFLICT DO NOTHING), so a duplicate does not abort the transaction it is in:
+    many claims can share one commit."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - other databases: a savepoint keeps a duplicate from aborting the rest
+        try:
+            with conn.begin_nested():
+                conn.execute(table.insert().values(**values))
+            return True
+        except sa.exc.IntegrityError:
+            return False
+    statement = insert(table).values(**values).on_conflict_do_nothing().returning(sa.literal(1))
+    return conn.execute(statement).first() is not None  # a row back: this call inserted it
+
+
 def plan_of(r: Mapping[str, Any]) -> PlanRecord:
     data = json.loads(r["data"])
     row = PlanRow(**{k: v for k, v in data.items() if k in _PLAN_ROW_FIELDS})

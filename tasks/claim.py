@@ -7,7 +7,7 @@ from __future__ import annotations
 from longbatch.errors import BudgetExceededError
 from longbatch.ledger import Ledger
 from longbatch.piece import PieceKind
-from longbatch.records import NewRequest, PlanRecord
+from longbatch.records import Claim, NewRequest, PlanRecord
 from tasks.plan import Plan
 from tasks.priming import release_primed
 
@@ -57,13 +57,13 @@ def claim_plan(ledger: Ledger, plan: Plan) -> None:
     rows = {r.custom_id: r for r in plan.rows if r.custom_id and not r.piece.is_step}
     known = ledger.known_fingerprints([r.fingerprint for r in plan.requests])
     primers = dict(plan.primers)
-    for req in plan.requests:
-        if req.fingerprint not in known:
-            row = rows[req.custom_id]
-            ledger.claim(NewRequest(req.fingerprint, req.custom_id, req.doc_id, row.source, row.sha256, req.prompt,
-                                    req.model, req.max_tokens, req.betas, req.piece, req.links),
-                         primer=primers.get(req.fingerprint), max_cost_usd=row.max_cost_usd)
-        ledger.supersede(req.custom_id, req.fingerprint)
+    claims = [Claim(NewRequest(req.fingerprint, req.custom_id, req.doc_id, rows[req.custom_id].source,
+                               rows[req.custom_id].sha256, req.prompt, req.model, req.max_tokens, req.betas,
+                               req.piece, req.links),
+                    primers.get(req.fingerprint), rows[req.custom_id].max_cost_usd)
+              for req in plan.requests if req.fingerprint not in known]
+    # A few transactions for the whole plan, not a commit per request (issue 10).
+    ledger.claim_many(claims, [(req.custom_id, req.fingerprint) for req in plan.requests])
     for step in plan.reductions:
         ledger.claim_reduction(step)
     release_primed(ledger)  # a primer done in an earlier run: its readers need not wait

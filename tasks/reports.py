@@ -18,7 +18,7 @@ from longbatch.catalog import get_model
 from longbatch.fsutil import atomic_write_text, csv_text, slugify
 from longbatch.ledger import Ledger
 from longbatch.piece import Piece, PieceKind, StepLinks, stored_meta
-from longbatch.records import CANCELED_BY_USER, PlanRecord, RequestRecord, RequestState, StepState
+from longbatch.records import CANCELED_BY_USER, PlanRecord, RequestRecord, RequestState, ResultRecord, StepState
 from tasks.results import Outcome
 
 
@@ -79,7 +79,9 @@ def banner(outcome: Outcome, max_tokens: int) -> str:
     return ""
 
 
-def write_report(reports_dir: Path, outcome: Outcome, ctx: ReportContext) -> Path:
+def write_report(reports_dir: Path, outcome: Outcome, ctx: ReportContext, durable: bool = True) -> Path:
+    """The report's Markdown and JSON. `durable=False`: no fsync; the caller makes them durable
+    (`sync_filesystem`) before recording them in the ledger."""
     req = ctx.request
     md_path, json_path = report_paths(reports_dir, req.doc_id, req.model, req.prompt, req.piece)
     meta: dict[str, Any] = {
@@ -125,8 +127,8 @@ def write_report(reports_dir: Path, outcome: Outcome, ctx: ReportContext) -> Pat
         if req.piece.kind == PieceKind.FINAL and req.links is not None:
             header = _coverage(req.links)
     # The Markdown first, then the JSON: a present .json always has its report beside it.
-    atomic_write_text(md_path, header + banner(outcome, req.max_tokens) + outcome.text)
-    atomic_write_text(json_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
+    atomic_write_text(md_path, header + banner(outcome, req.max_tokens) + outcome.text, durable)
+    atomic_write_text(json_path, json.dumps(meta, indent=2, ensure_ascii=False) + "\n", durable)
     return md_path
 
 
@@ -147,7 +149,11 @@ INT_COLUMNS = ["pages", "chars", "parts", "est_input_tokens", "granted_max_token
 def summary_rows(ledger: Ledger, data_dir: Path) -> list[dict[str, Any]]:
     """One row per document and prompt of the latest plan, with where its work stands."""
     rows = []
-    for rec in ledger.plan():
+    records = ledger.plan()
+    # Every document's request and latest result in a few queries, not two per document.
+    wanted = [rec.fingerprint for rec in records if rec.fingerprint]
+    requests, latest = ledger.requests_by_fingerprint(wanted), ledger.latest_results(wanted)
+    for rec in records:
         plan = rec.row
         row = {
             "source": plan.source, "prompt": plan.prompt, "status": str(plan.status), "reason": plan.reason,
@@ -156,7 +162,7 @@ def summary_rows(ledger: Ledger, data_dir: Path) -> list[dict[str, Any]]:
             "est_max_cost_usd": plan.max_cost_usd, "parts": plan.parts,
         }
         if rec.fingerprint:
-            row.update(_request_status(ledger, rec.fingerprint, data_dir))
+            row.update(_request_status(requests.get(rec.fingerprint), latest.get(rec.fingerprint), data_dir))
         elif plan.reduction:
             row.update(_split_status(ledger, rec, data_dir))
         rows.append(row)
@@ -181,7 +187,8 @@ def _split_status(ledger: Ledger, rec: PlanRecord, data_dir: Path) -> dict[str, 
     if final.state == StepState.FAILED:
         return {**totals, "status": "failed", "reason": f"split document: {final.error}"}
     if final.state == StepState.BUILT:
-        out = _request_status(ledger, final.fingerprint or "", data_dir)
+        out = _request_status(ledger.request(final.fingerprint or ""), ledger.latest_result(final.fingerprint or ""),
+                              data_dir)
         return {**out, **totals} if out.get("status") != "planned" else out
     parts = [requests.get(fp) for fp in rec.part_fingerprints]
     done = sum(1 for p in parts if p and p.state == RequestState.SUCCEEDED)
@@ -194,12 +201,11 @@ def _split_status(ledger: Ledger, rec: PlanRecord, data_dir: Path) -> dict[str, 
             "reason": f"{stage}: {done} of {len(parts)} part report(s) done"}
 
 
-def _request_status(ledger: Ledger, fingerprint: str, data_dir: Path) -> dict[str, Any]:
-    req = ledger.request(fingerprint)
+def _request_status(req: RequestRecord | None, result: ResultRecord | None, data_dir: Path) -> dict[str, Any]:
+    """A request's row of summary.csv, from the request and its latest result."""
     if req is None:
         return {"status": "planned"}
     out: dict[str, Any] = {"attempts": req.attempts}
-    result = ledger.latest_result(fingerprint)
     if result is not None:
         out.update(input_tokens=result.input_tokens, output_tokens=result.output_tokens,
                    cost_usd=round(result.cost_usd or 0.0, 6), stop_reason=result.stop_reason,
