@@ -152,11 +152,12 @@ def main() -> None:
     print(f"  (load average {os.getloadavg()[0]:.1f})")
 
     if not args.skip_plan:
-        from flows.process import RunParameters, build_plan
+        from flows.planning import build_plan
+        from longbatch.settings import Settings
 
-        params = RunParameters(data_dir=str(work / "plan-in-process"), inbox=str(inbox))
-        t_bp = Timing(build_plan, params, params.settings())
-        t_rebp = Timing(build_plan, params, params.settings())
+        settings = Settings.given(data_dir=work / "plan-in-process", inbox=inbox)
+        t_bp = Timing(build_plan, settings)
+        t_rebp = Timing(build_plan, settings)
         print("\n4. planning the same inbox: build_plan in this process (imports done), then the CLI")
         row("build_plan, first (cache empty; 2 workers)", t_bp, t_bare)
         row("build_plan, unchanged inbox", t_rebp, t_bare, f"{t_rebp.wall / t_bp.wall:.3f}x of the first")

@@ -108,7 +108,7 @@ def free_port() -> int:
 
 def batch_bodies(state_dir: Path) -> list[int]:
     """Each batch's size as the simulator stored it: its requests, as sent."""
-    return sorted(p.stat().st_size for p in state_dir.glob("msgbatch_*.requests.json"))
+    return sorted(p.stat().st_size for p in state_dir.glob("msgbatch_*.requests.jsonl"))
 
 
 def main() -> int:

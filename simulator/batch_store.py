@@ -1,7 +1,7 @@
 """The simulator's batches and where they are kept: in memory only, or with a state dir on disk
 (so they survive a restart, as `longbatch run --simulate` and `collect --simulate` need).
 
-With a state dir a batch's requests are written once at create (`<id>.requests.json`) and read
+With a state dir a batch's requests are written once at create (`<id>.requests.jsonl`) and read
 back only to make its results, so a simulator inside a run holds one batch body at a time, not
 every one it was sent. Its state (`<id>.json`) and results (`<id>.results.jsonl`) sit beside.
 """
@@ -46,19 +46,19 @@ class BatchStore:
         if batch.requests is not None:
             return batch.requests
         assert self.state_dir is not None
-        with (self.state_dir / f"{batch.id}.requests.json").open(encoding="utf-8") as fh:
-            return json.load(fh)
+        with (self.state_dir / f"{batch.id}.requests.jsonl").open(encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh]
 
     def spill(self, batch: SimBatch) -> None:
-        """With a state dir: write the requests once, streamed (json.dump writes piece by
-        piece), and let them go."""
+        """With a state dir: write the requests once, one per line, and let them go."""
         if self.state_dir is None or batch.requests is None:
             return
-        path = self.state_dir / f"{batch.id}.requests.json"
+        path = self.state_dir / f"{batch.id}.requests.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
         with tmp.open("w", encoding="utf-8") as fh:
-            json.dump(batch.requests, fh, ensure_ascii=False)
+            for request in batch.requests:
+                fh.write(json.dumps(request, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -71,7 +71,7 @@ class BatchStore:
 
     def delete(self, batch_id: str) -> None:
         if self.state_dir:
-            for suffix in (".json", ".results.jsonl", ".requests.json"):
+            for suffix in (".json", ".results.jsonl", ".requests.jsonl"):
                 (self.state_dir / f"{batch_id}{suffix}").unlink(missing_ok=True)
 
     def load(self) -> list[SimBatch]:
@@ -80,8 +80,6 @@ class BatchStore:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         batches = []
         for path in sorted(self.state_dir.glob("msgbatch_*.json")):
-            if path.name.endswith(".requests.json"):
-                continue
             state = json.loads(path.read_text(encoding="utf-8"))
             requests = state.get("requests")  # in the state file itself before requests were spilled
             ids = [r["custom_id"] for r in requests] if requests is not None else state["custom_ids"]

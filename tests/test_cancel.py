@@ -99,7 +99,7 @@ def test_no_wait_cancel_collect_from_the_cli_cancels_every_request_and_creates_n
     summary = pd.read_csv(data_dir / "reports" / "summary.csv")
     assert len(summary) == 6 and (summary["status"] == "canceled").all()
     created = [json.loads(p.read_text()) for p in (data_dir / "simulator").glob("msgbatch_*.json")]
-    assert len(created) == 1 and len(created[0]["requests"]) == 6  # one batch, never created again
+    assert len(created) == 1 and len(created[0]["custom_ids"]) == 6  # one batch, never created again
     assert cli("collect", "--wait", "--simulate").returncode == 0
     assert len(list((data_dir / "simulator").glob("msgbatch_*.json"))) == 1
 
