@@ -29,12 +29,12 @@ def build_plan(settings: Settings, client: anthropic.Anthropic | None = None) ->
                               follow_links=settings.follow_links)
 
     model = get_model(settings.model) if client is None else model_from_api(client, settings.model)
-    plan = planner_for(prompts, model, settings, lean=True).add(documents()).plan()
+    plan = planner_for(prompts, model, settings, keep_text_bytes=0).add(documents()).plan()
     if client is not None and (settings.exact_count or any(r.needs_exact for r in plan.rows)):
         docs = (d for d in documents() if isinstance(d, Document))
         counts = count_near_limits(client, plan, docs, prompts, model, {}, settings.count_tokens_per_minute,
                                    everything=settings.exact_count)
-        plan = planner_for(prompts, model, settings, counts, lean=True).add(documents()).plan()
+        plan = planner_for(prompts, model, settings, counts, keep_text_bytes=0).add(documents()).plan()
     return plan, model
 
 

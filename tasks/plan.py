@@ -65,10 +65,10 @@ def plan_for(items: Iterable[Document | IngestFailure], prompts: list[Prompt], m
 
 
 def planner_for(prompts: list[Prompt], model: ModelSpec, settings: Settings,
-                exact_counts: Mapping[str, int] | None = None, lean: bool = False) -> Planner:
+                exact_counts: Mapping[str, int] | None = None, keep_text_bytes: int | None = None) -> Planner:
     """A planner with these settings, for documents that arrive a few at a time (see Planner)."""
     return Planner(prompts, model, settings.max_output_tokens, settings.min_output_tokens, exact_counts,
-                   normalize_betas(settings.betas)[0], settings.pdf_mode, settings.cache, lean)
+                   normalize_betas(settings.betas)[0], settings.pdf_mode, settings.cache, keep_text_bytes)
 
 
 def make_plan(
@@ -92,13 +92,15 @@ def make_plan(
 class Planner:
     """Plans documents as they are read, one at a time, so a run never holds its whole inbox:
     each document's rows and requests are decided (and its cache primer chosen: only requests
-    for the same document share a prefix) when it is added; with `lean` its requests keep no
-    text, which is rendered again when their batch is written. `plan()` packs the batches."""
+    for the same document share a prefix) when it is added. Requests keep their text up to
+    `keep_text_bytes` in all (None: no limit); from the first one past it on they are lean
+    (no text: it is rendered again when their batch is written). `plan()` packs the batches."""
 
     def __init__(self, prompts: list[Prompt], model: ModelSpec, requested_output: int | None, min_output: int,
                  exact_counts: Mapping[str, int] | None = None, extra_betas: tuple[str, ...] = (),
-                 pdf_mode: str = "text", cache: str = "auto", lean: bool = False) -> None:
-        self.prompts, self.model, self.cache, self.lean = prompts, model, cache, lean
+                 pdf_mode: str = "text", cache: str = "auto", keep_text_bytes: int | None = None) -> None:
+        self.prompts, self.model, self.cache = prompts, model, cache
+        self.text_budget = keep_text_bytes
         self.policy = PlanPolicy(OutputBudget(model, requested_output, min_output), extra_betas,
                                  pdf_mode, exact_counts or {},  # type: ignore[arg-type]
                                  cache_prefixes=shares_prefixes(cache, len(prompts)))
@@ -115,9 +117,17 @@ class Planner:
                                      {self.rows[i].custom_id: self.rows[i].est_input_tokens for i, _ in ready},
                                      self.model, self.cache)
             self.primers.update(primers)
-            self.ready += [(i, req.lean() if self.lean else req)
-                           for i, req in unprimed_without_breakpoints(ready, primers, self.cache)]
+            self.ready += [(i, self._kept(req)) for i, req in unprimed_without_breakpoints(ready, primers, self.cache)]
         return self
+
+    def _kept(self, request: PlannedRequest) -> PlannedRequest:
+        if self.text_budget is None:
+            return request
+        if request.body_bytes <= self.text_budget:  # a small inbox is never read twice
+            self.text_budget -= request.body_bytes
+            return request
+        self.text_budget = 0  # from here on every request is lean: the order decides, not the size
+        return request.lean()
 
     def plan(self) -> Plan:
         rows = list(self.rows)

@@ -40,13 +40,14 @@ def make_inbox(inbox: Path, corpus: Path) -> None:
     shutil.copy(corpus / "pdf/paper_tracemonkey_pldi2009_14p.pdf", inbox / "tracemonkey.pdf")
 
 
-def plans(data_dir: Path, model: str = "claude-sonnet-4-5") -> tuple[Plan, Plan, Settings]:
-    """The inbox planned holding every text, and planned lean as a run does (through the cache)."""
+def plans(data_dir: Path, model: str = "claude-sonnet-4-5", keep: int = 0) -> tuple[Plan, Plan, Settings]:
+    """The inbox planned holding every text, and planned lean as a run does (through the cache),
+    keeping the text of requests up to `keep` bytes in all."""
     settings = Settings(data_dir=data_dir, model=model, prompts=PROMPTS, max_output_tokens=8_000, cache="prime")
     inbox, spec, prompts = settings.inbox_dir, get_model(model), load_prompts(PROMPTS, data_dir)
     paths = discover(inbox)
     full = planner_for(prompts, spec, settings).add(read_documents(paths, inbox, workers=1)).plan()
-    lean = planner_for(prompts, spec, settings, lean=True).add(
+    lean = planner_for(prompts, spec, settings, keep_text_bytes=keep).add(
         read_documents(paths, inbox, cache_dir=data_dir / "cache", workers=1)).plan()
     return full, lean, settings
 
@@ -66,9 +67,15 @@ def test_a_lean_plan_is_the_full_plan_without_its_text(data_dir, corpus):
         lean.requests[0].as_request()
 
 
-def test_the_api_receives_exactly_what_the_full_plan_holds(data_dir, corpus, sim, client):
+@pytest.mark.parametrize("keep", [0, 1_500_000])
+def test_the_api_receives_exactly_what_the_full_plan_holds(data_dir, corpus, sim, client, keep):
+    """Every request rendered again (keep 0), or the first ones kept as planned and the rest
+    rendered (a run keeps up to 64 MiB of text: flows/reading.py)."""
     make_inbox(data_dir / "inbox", corpus)
-    full, lean, settings = plans(data_dir)
+    full, lean, settings = plans(data_dir, keep=keep)
+    kept = [r.params is not None for r in lean.requests]
+    assert (not any(kept)) if keep == 0 else (kept[0] and not kept[-1])
+    assert sum(r.body_bytes for r in lean.requests if r.params is not None) <= keep
     ledger = Ledger.open(settings)
     claim_plan(ledger, lean)
     queued = {r.fingerprint for r in ledger.requests_in_state(RequestState.QUEUED)}

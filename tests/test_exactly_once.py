@@ -37,7 +37,7 @@ def make_inbox(inbox: Path, corpus: Path) -> None:
 def creates_per_custom_id(state_dir: Path) -> Counter:
     counts: Counter = Counter()
     for path in state_dir.glob("msgbatch_*.json"):
-        counts.update(r["custom_id"] for r in json.loads(path.read_text())["requests"])
+        counts.update(json.loads(path.read_text())["custom_ids"])  # the simulator's record of each create
     return counts
 
 

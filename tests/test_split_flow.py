@@ -233,5 +233,5 @@ def test_sigkill_between_parts_and_combining_pays_once(point, tmp_path, standalo
     assert row["status"] == "complete", row
     created: Counter = Counter()
     for path in state.glob("msgbatch_*.json"):
-        created.update(r["custom_id"] for r in json.loads(path.read_text())["requests"])
+        created.update(json.loads(path.read_text())["custom_ids"])
     assert len(created) == row["parts"] + 1 and set(created.values()) == {1}, created
