@@ -113,10 +113,12 @@ def find_source(inbox: Path, source: str) -> Path:
     return next((p for p in discover(inbox) if display_name(p.relative_to(inbox).as_posix()) == source), direct)
 
 
-def entry_problem(path: Path, inbox: Path, follow_links: bool = False) -> tuple[str, str] | None:
+def entry_problem(path: Path, inbox: Path, follow_links: bool = False,
+                  real_inbox: str | None = None) -> tuple[str, str] | None:
     """Why an inbox entry is not read as a document, as (category, reason); None for a regular
     file inside the inbox. Only what is in the inbox is read: a link that leads out of it is
-    refused unless `follow_links`. Nothing is opened here, so a FIFO cannot block the run."""
+    refused unless `follow_links`. Nothing is opened here, so a FIFO cannot block the run.
+    `real_inbox`: the inbox's realpath, when the caller checks many entries of it."""
     try:
         st = os.stat(path)
     except OSError:
@@ -124,7 +126,7 @@ def entry_problem(path: Path, inbox: Path, follow_links: bool = False) -> tuple[
             return "broken_link", f"a link to {display_name(os.readlink(path))}, which does not exist"
         return None  # gone or unreadable: read_document says so
     real = os.path.realpath(path)
-    inside = Path(real).is_relative_to(os.path.realpath(inbox))
+    inside = Path(real).is_relative_to(real_inbox or os.path.realpath(inbox))
     if not inside and not follow_links:
         kind = "folder" if stat.S_ISDIR(st.st_mode) else "file"
         return ("link_outside_inbox", f"a link to a {kind} outside the inbox ({display_name(real)}); not followed: "
@@ -154,13 +156,13 @@ def kind_of(path: Path) -> str | None:
 
 
 def read_document(path: Path, inbox: Path, native_pdf: bool = False, cache_dir: Path | None = None,
-                  follow_links: bool = False) -> Document | IngestFailure:
+                  follow_links: bool = False, real_inbox: str | None = None) -> Document | IngestFailure:
     """`native_pdf`: the PDF itself will be sent (native mode), so a scan without a text layer
     is readable: the model sees the page images. `cache_dir`: what was read is kept there by
     content hash (tasks/ingest_cache.py), and an unchanged file is not read again.
-    `follow_links`: see `entry_problem`."""
+    `follow_links`, `real_inbox`: see `entry_problem`."""
     rel = display_name(path.relative_to(inbox).as_posix())
-    problem = entry_problem(path, inbox, follow_links)
+    problem = entry_problem(path, inbox, follow_links, real_inbox)
     if problem:
         return IngestFailure(make_doc_id(rel, "0" * 64), rel, "", 0, *problem)
     try:

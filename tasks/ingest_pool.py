@@ -52,16 +52,17 @@ def read_documents(paths: Iterable[Path], inbox: Path, native_pdf: bool = False,
     core). With `cache_dir` (the data dir's `cache/`), an unchanged file is not read again."""
     paths = list(paths)
     workers = workers or default_workers()
+    real_inbox = os.path.realpath(inbox)  # once, not once per entry
     # Hashing first (only hashes are kept): cached documents are loaded when their turn comes.
     # An entry that is not read at all (a FIFO, a link out of the inbox) is not hashed either.
-    hashes = [None if entry_problem(path, inbox, follow_links) else cached_sha256(path, native_pdf, cache_dir)
-              for path in paths]
+    readable = [entry_problem(path, inbox, follow_links, real_inbox) is None for path in paths]
+    hashes = [cached_sha256(path, native_pdf, cache_dir) if ok else None for path, ok in zip(paths, readable)]
     to_read = [path for path, sha in zip(paths, hashes, strict=True) if sha is None]
     pooled = (workers > 1 and len(to_read) >= POOL_MIN_FILES
-              and _bytes(p for p in to_read if kind_of(p) and not entry_problem(p, inbox, follow_links))
+              and _bytes(p for p, ok, sha in zip(paths, readable, hashes) if ok and sha is None and kind_of(p))
               >= POOL_MIN_BYTES)
     results = _read_in_workers(to_read, inbox, native_pdf, cache_dir, workers, follow_links) if pooled \
-        else (read_document(path, inbox, native_pdf, cache_dir, follow_links) for path in to_read)
+        else (read_document(path, inbox, native_pdf, cache_dir, follow_links, real_inbox) for path in to_read)
     try:
         for path, sha in zip(paths, hashes, strict=True):
             if sha is None:
