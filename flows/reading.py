@@ -23,11 +23,11 @@ from tasks.prompts import Prompt
 # Documents per ingest task: per-task overhead stays off the per-document path at thousands of
 # documents, and each task reads on every core.
 INGEST_CHUNK = 200
-# Request text (as sent: UTF-8 bytes) a run keeps from planning to sending; beyond it requests
-# are lean and rendered again from the ingest cache when their batch is written. Small inboxes
-# (10,000 documents of 3 KB) are never read twice; big ones cost ~2x this in memory at most
-# (text with non-ASCII characters is held at 2 bytes a character).
-KEEP_TEXT_BYTES = 32 * 2**20
+# Request lines (the JSON each request is sent as, UTF-8) a run keeps from planning to sending;
+# beyond it requests are lean and rendered again from the ingest cache when their batch is
+# written. Small inboxes (10,000 documents of 5 KB) are never read twice, and what is kept is
+# written to the batch body as it is; big ones hold this much more memory at most.
+KEEP_TEXT_BYTES = 64 * 2**20
 
 
 @task(name="ingest-and-plan", task_run_name="ingest-{label}", cache_policy=NO_CACHE)

@@ -19,7 +19,7 @@ from typing import IO
 from longbatch.errors import NotRebuildable
 from longbatch.ledger import Ledger
 from longbatch.records import RequestRecord
-from tasks.build import PlannedRequest, serialise
+from tasks.build import PlannedRequest
 from tasks.rebuild import cached_reader, rebuild
 
 _CHUNK = 1 << 20
@@ -30,8 +30,10 @@ Render = Callable[[PlannedRequest], bytes]
 
 
 def render_planned(request: PlannedRequest) -> bytes:
-    """A request that still holds its text."""
-    return serialise(request.as_request())
+    """A request that still holds its text: its line, as made when it was planned."""
+    if request.line is None:
+        raise NotRebuildable("it was made lean: render it from its document")
+    return request.line
 
 
 class Renderer:
@@ -46,11 +48,11 @@ class Renderer:
 
     def prepare(self, requests: list[PlannedRequest]) -> None:
         """Look up the ledger's records of these requests at once (one query per 500)."""
-        lean = [r.fingerprint for r in requests if r.params is None and r.fingerprint not in self.records]
+        lean = [r.fingerprint for r in requests if r.line is None and r.fingerprint not in self.records]
         self.records.update(self.ledger.requests_by_fingerprint(lean))
 
     def __call__(self, request: PlannedRequest) -> bytes:
-        if request.params is not None:
+        if request.line is not None:
             return render_planned(request)
         record = self.records.pop(request.fingerprint, None) or self.ledger.request(request.fingerprint)
         if record is None:

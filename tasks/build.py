@@ -34,9 +34,11 @@ class PlannedRequest:
     model: str
     max_tokens: int
     betas: tuple[str, ...]
-    # The request itself; None once `lean()`: a run holds thousands of these, so the text is
-    # rendered again from the ingest cache when its batch is written (tasks/render.py).
-    params: MessageCreateParamsNonStreaming | None
+    # The request itself as it goes in the batch body: its JSON line (compact, UTF-8: the bytes
+    # the SDK would send), made once when it is planned. None once `lean()`: a run holds
+    # thousands of these, so the text is rendered again from the ingest cache when its batch is
+    # written (tasks/batch_body.py).
+    line: bytes | None
     body_bytes: int  # size of this request in the batch body, as the SDK serialises it
     fingerprint: str  # sha256 over params and betas: the same work always has the same one
     # Which piece of the document it is (kept in the ledger, so a part can be rebuilt and a
@@ -47,14 +49,20 @@ class PlannedRequest:
     # cache breakpoint; None when it caches nothing.
     prefix: str | None = None
 
+    @property
+    def params(self) -> MessageCreateParamsNonStreaming | None:
+        """The request's params, read back from its line; None when lean."""
+        return None if self.line is None else json.loads(self.line)["params"]
+
     def as_request(self) -> Request:
-        if self.params is None:
-            raise ValueError(f"request {self.custom_id} was made lean: render it from its document (tasks/render.py)")
-        return Request(custom_id=self.custom_id, params=self.params)
+        if self.line is None:
+            raise ValueError(f"request {self.custom_id} was made lean: render it from its document "
+                             "(tasks/batch_body.py)")
+        return json.loads(self.line)
 
     def lean(self) -> PlannedRequest:
         """The same request without its text: everything planning, packing and the ledger need."""
-        return dataclasses.replace(self, params=None)
+        return dataclasses.replace(self, line=None)
 
     @property
     def writes_cache(self) -> bool:
@@ -77,17 +85,18 @@ def make_custom_id(doc_id: str, prompt_name: str, piece: Piece = Piece()) -> str
     return cid
 
 
-def document_text(doc: Document) -> str:
-    """The document as every prompt sends it: byte for byte the same, so it can be cached once."""
+def document_text(doc: Document, body: str | None = None) -> str:
+    """The document as every prompt sends it: byte for byte the same, so it can be cached once.
+    `body` in place of the document's (planning counts the wrapper apart from the body)."""
     name = _attr(doc.source)
     pages = f' pages="{doc.page_count}"' if doc.page_count else ""
-    return f'<document name="{name}"{pages}>\n{doc.body}\n</document>'
+    return f'<document name="{name}"{pages}>\n{doc.body if body is None else body}\n</document>'
 
 
-def render_user_message(doc: Document, prompt: Prompt, max_tokens: int) -> str:
+def render_user_message(doc: Document, prompt: Prompt, max_tokens: int, body: str | None = None) -> str:
     """The document first, the instructions after it: long-context prompts work best that way.
-    (The text of `user_content`'s blocks joined, for counting.)"""
-    return f"{document_text(doc)}\n\n{_instructions(prompt, _attr(doc.source), doc.page_count, max_tokens)}"
+    (The text of `user_content`'s blocks joined, for counting; `body`: see `document_text`.)"""
+    return f"{document_text(doc, body)}\n\n{_instructions(prompt, _attr(doc.source), doc.page_count, max_tokens)}"
 
 
 def user_content(doc: Document, prompt: Prompt, model: ModelSpec, max_tokens: int, cache: bool) -> list[dict]:
@@ -255,10 +264,11 @@ def make_request(custom_id: str, doc_id: str, prompt_name: str, model: ModelSpec
     betas = tuple(sorted(set(model.betas_for(max_tokens)) | set(extra_betas)))
     request = Request(custom_id=custom_id, params=params)
     body = serialise(request)
-    identity = serialise(Request(custom_id=custom_id, params={**params, "messages": [
-        {"role": "user", "content": without_cache_control(user_content if identity_content is None else identity_content)}]}))
+    seen = without_cache_control(user_content if identity_content is None else identity_content)
+    identity = body if seen == user_content else serialise(  # most requests: what is sent is what is asked
+        Request(custom_id=custom_id, params={**params, "messages": [{"role": "user", "content": seen}]}))
     fingerprint = hashlib.sha256(identity + json.dumps(sorted(betas)).encode()).hexdigest()
-    return PlannedRequest(custom_id, doc_id, prompt_name, model.id, max_tokens, betas, params, len(body), fingerprint,
+    return PlannedRequest(custom_id, doc_id, prompt_name, model.id, max_tokens, betas, body, len(body), fingerprint,
                           piece, links, prefix_of(params))
 
 

@@ -11,6 +11,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from longbatch.cache import write_premium_usd
 from longbatch.catalog import ModelSpec, batch_cost_usd, normalize_betas
@@ -190,11 +191,16 @@ def plan_whole(doc: Document, prompt: Prompt, policy: PlanPolicy) -> tuple[PlanR
                                                              policy.cache_prefixes),
                           NATIVE_MAX_BYTES, refusal)
     # The document body was counted once at ingest; count only what wraps it here.
-    wrapper = render_user_message(dataclasses.replace(doc, body=""), prompt, model.max_batch_output)
-    cl100k = doc.body_cl100k + cl100k_count(SYSTEM_PROMPT) + cl100k_count(wrapper)
+    wrapper = render_user_message(doc, prompt, model.max_batch_output, body="")
+    cl100k = doc.body_cl100k + _system_prompt_cl100k() + cl100k_count(wrapper)
     return _fit_whole(doc, prompt, policy, count_key(model.id, doc, prompt), estimate_from_cl100k(cl100k, model.tokenizer),
                       lambda grant: build_request(doc, prompt, model, grant, policy.extra_betas, policy.cache_prefixes),
                       MAX_BODY_BYTES)
+
+
+@lru_cache(maxsize=1)
+def _system_prompt_cl100k() -> int:
+    return cl100k_count(SYSTEM_PROMPT)
 
 
 def _fit_whole(doc: Document, prompt: Prompt, policy: PlanPolicy, key: str, est: TokenEstimate,

@@ -13,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
+from anthropic.types.beta.messages.batch_create_params import Request
+
 from longbatch.cache import READ_MULTIPLIER
 from longbatch.catalog import BATCH_DISCOUNT, ModelSpec
 from longbatch.ledger import Ledger
@@ -76,10 +78,12 @@ def unprimed_without_breakpoints(ready: list[tuple[int, PlannedRequest]], primer
 
 
 def without_breakpoints(request: PlannedRequest) -> PlannedRequest:
-    content = without_cache_control(request.params["messages"][0]["content"])
-    params = {**request.params, "messages": [{"role": "user", "content": content}]}
-    plain = dataclasses.replace(request, params=params, prefix=None)  # type: ignore[arg-type]
-    return dataclasses.replace(plain, body_bytes=len(serialise(plain.as_request())))
+    params = request.params
+    assert params is not None, "breakpoints are dropped while planning, before a request is made lean"
+    content = without_cache_control(params["messages"][0]["content"])
+    line = serialise(Request(custom_id=request.custom_id,
+                             params={**params, "messages": [{"role": "user", "content": content}]}))
+    return dataclasses.replace(request, line=line, body_bytes=len(line), prefix=None)
 
 
 def release_primed(ledger: Ledger) -> list[str]:
