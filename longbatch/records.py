@@ -21,7 +21,7 @@ States and their transitions are written down here, once:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
 
@@ -121,7 +121,7 @@ class PlanRow:
 
     def csv_record(self) -> dict[str, Any]:
         """Flat, as plan.csv and the ledger's plan table keep it."""
-        out = {k: v for k, v in asdict(self).items() if k != "piece"}
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "piece"}  # flat: no deep copy
         out.update(status=str(self.status), betas=",".join(self.betas), piece=self.piece.kind.value, part=self.part,
                    covers=self.covers)
         return out
