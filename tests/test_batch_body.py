@@ -186,3 +186,38 @@ def test_a_rebuild_failing_after_another_run_took_the_request_leaves_it_to_that_
     assert rebuild_mod.queued_requests(ledger, settings.inbox_dir, data_dir) == []
     assert taken and {ledger.request(fp).state for fp in taken} == {RequestState.SUBMITTING}
     ledger.close()
+
+
+def test_a_document_back_as_it_was_planned_is_sent_by_the_next_run(data_dir, corpus, sim, client, monkeypatch):
+    """A render that found the document changed (being rewritten, or edited and then undone)
+    never reached the API; once the document is back as it was planned, the next run plans the
+    very same request, so it must send it, not leave the document failed for good."""
+    from flows.process import RunParameters, process_documents
+
+    make_inbox(data_dir / "inbox", corpus)
+    memo_text = (data_dir / "inbox" / "memo.txt").read_text()
+    _, lean, settings = plans(data_dir, model="claude-sonnet-4-6")
+    ledger = Ledger.open(settings)
+    claim_plan(ledger, lean)
+    (data_dir / "inbox" / "memo.txt").write_text("Half of the memo, as an editor saving it left it for a moment.")
+    (batch,) = lean.batches
+    queued = {r.fingerprint for r in ledger.requests_in_state(RequestState.QUEUED)}
+    todo = tuple(r for r in batch.requests if r.fingerprint in queued)
+    submit_batch(client, ledger, type(batch)(batch.betas, todo), Renderer(ledger, settings.inbox_dir, data_dir),
+                 data_dir)
+    memo = {r.fingerprint for r in ledger.requests_in_state(RequestState.FAILED) if r.source == "memo.txt"}
+    assert memo
+    ledger.close()
+
+    (data_dir / "inbox" / "memo.txt").write_text(memo_text)  # as it was planned
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
+    monkeypatch.setenv("LONGBATCH_POLL_INITIAL_SECONDS", "0.1")
+    monkeypatch.setenv("LONGBATCH_POLL_MAX_SECONDS", "0.3")
+    process_documents(RunParameters(data_dir=str(data_dir), model="claude-sonnet-4-6", prompts=PROMPTS,
+                                    max_output_tokens=8_000, cache="prime"))
+    ledger = Ledger.open(settings)
+    everything = ledger.requests_in_state(*RequestState)
+    assert {r.fingerprint for r in everything if r.source == "memo.txt"} == memo  # the same requests planned again
+    assert {ledger.request(fp).state for fp in memo} == {RequestState.SUCCEEDED}
+    ledger.close()
