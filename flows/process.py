@@ -29,7 +29,7 @@ from longbatch.catalog import ModelSpec, get_model, normalize_betas, retirement_
 from longbatch.failpoints import failpoint
 from longbatch.ledger import Ledger
 from longbatch.memory import fix_mmap_threshold
-from longbatch.records import CREATE_FAILED, BatchState, RequestState
+from longbatch.records import CREATE_FAILED, NOT_REBUILDABLE, BatchState, RequestState
 from longbatch.settings import Settings
 from longbatch.transient import tolerate_transient
 from tasks import batches as batch_io
@@ -79,7 +79,10 @@ def submit_task(client: anthropic.Anthropic, ledger: Ledger, requests: list[Plan
     requests' text rendered as its body is written (a spool file in the data dir)."""
     by_fp = {r.fingerprint: r for r in requests}
     for record in ledger.requests_in_state(RequestState.FAILED):
-        if record.error_type == CREATE_FAILED and record.fingerprint in by_fp:
+        if record.fingerprint in by_fp and (record.error_type == CREATE_FAILED or (
+                # its document read differently when its batch was written (being rewritten, or
+                # edited and undone), and it never reached the API: this plan made it again
+                record.error_type == NOT_REBUILDABLE and record.attempts == 0)):
             ledger.requeue(record.fingerprint, RequestState.FAILED)  # never reached the API: safe to send
     queued = [by_fp[r.fingerprint] for r in ledger.requests_in_state(RequestState.QUEUED) if r.fingerprint in by_fp]
     outcomes = []

@@ -173,10 +173,15 @@ class Ledger(BatchBook, MoneyBook, BulkBook):
             return res.rowcount == 1
 
     def set_request_state(self, fingerprints: Iterable[str], state: RequestState, error_type: str | None = None,
-                          error_message: str | None = None) -> None:
+                          error_message: str | None = None, only_from: RequestState | None = None) -> None:
+        """`only_from`: move only the requests still in that state (another process may have
+        moved them on since they were read)."""
         with self.tx() as conn:
             for fp in fingerprints:
-                conn.execute(requests.update().where(self._mine(requests) & (requests.c.fingerprint == fp)).values(
+                where = self._mine(requests) & (requests.c.fingerprint == fp)
+                if only_from is not None:
+                    where &= requests.c.state == only_from
+                conn.execute(requests.update().where(where).values(
                     state=state, error_type=error_type, error_message=error_message, updated_at=time.time()))
 
     def requests_in_state(self, *states: RequestState) -> list[RequestRecord]:

@@ -55,7 +55,9 @@ def submit_batch(client: anthropic.Anthropic, ledger: Ledger, plan: BatchPlan, r
     `unknown` for `recover_unknown_batches` to find on the server."""
     with BatchBody.write(plan.requests, render, spool_dir) as body:
         for fingerprint, reason in body.failed.items():
-            ledger.set_request_state([fingerprint], RequestState.FAILED, NOT_REBUILDABLE, reason)
+            # Only if still queued: a concurrent run may have sent it (rendered before a change).
+            ledger.set_request_state([fingerprint], RequestState.FAILED, NOT_REBUILDABLE, reason,
+                                     only_from=RequestState.QUEUED)
         members = [(r.custom_id, r.fingerprint) for r in plan.requests if r.custom_id in body.lines]
         if not members:
             return SubmitOutcome("", None, "skipped", "no request of this batch could be rendered")

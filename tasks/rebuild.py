@@ -50,7 +50,8 @@ def queued_requests(ledger: Ledger, inbox: Path, data_dir: Path, known: list[Pla
                                   cache=readers[_prefix_key(record)] >= readers_to_pay() or record.primer is not None,
                                   read=read).lean())
         except NotRebuildable as exc:
-            ledger.set_request_state([record.fingerprint], RequestState.FAILED, NOT_REBUILDABLE, str(exc))
+            ledger.set_request_state([record.fingerprint], RequestState.FAILED, NOT_REBUILDABLE, str(exc),
+                                     only_from=RequestState.QUEUED)  # unless a concurrent run sent it meanwhile
     return out
 
 

@@ -130,3 +130,94 @@ def test_the_spooled_body_is_the_json_the_sdk_would_send_and_leaves_nothing(data
             json.loads(render_planned(r)) for r in requests[1::2]]
         assert len(b"".join(body.stream(some))) == body.size(some)
     assert list(spool.iterdir()) == []  # unnamed while open, gone once closed
+
+
+def test_a_render_failing_in_a_second_run_never_marks_a_request_another_run_sent(data_dir, corpus, sim, client):
+    """Two runs at once: each took the same queued requests to send. The first sends them; the
+    memo then changes, so the second cannot render its requests. They were sent (and here
+    already reported) by the first run: the second run's failed render must not mark them
+    failed (a paid report shown as lost; a split document's combining step would fail)."""
+    from tasks.batches import wait_for_batches
+    from tasks.collect import collect_batch
+    from longbatch.records import BatchState
+
+    make_inbox(data_dir / "inbox", corpus)
+    _, lean, settings = plans(data_dir, model="claude-sonnet-4-6")
+    ledger = Ledger.open(settings)
+    claim_plan(ledger, lean)
+    (batch,) = lean.batches
+    queued = {r.fingerprint for r in ledger.requests_in_state(RequestState.QUEUED)}
+    todo = type(batch)(batch.betas, tuple(r for r in batch.requests if r.fingerprint in queued))
+    memo = {r.fingerprint for r in todo.requests if r.doc_id.startswith("memo")}
+    assert memo
+    first = submit_batch(client, ledger, todo, Renderer(ledger, settings.inbox_dir, data_dir), data_dir)
+    assert first.state == "submitted"
+    wait_for_batches(client, ledger, 0.1, 0.5, 60, sleep=__import__("time").sleep)
+    (ended,) = ledger.batches_in_state(BatchState.ENDED)
+    collect_batch(client, ledger, ended, data_dir)
+    assert {ledger.request(fp).state for fp in memo} == {RequestState.SUCCEEDED}
+
+    (data_dir / "inbox" / "memo.txt").write_text("Someone rewrote the memo after the first run sent it.")
+    second = submit_batch(client, ledger, todo, Renderer(ledger, settings.inbox_dir, data_dir), data_dir)
+    assert second.state == "skipped"
+    assert {ledger.request(fp).state for fp in memo} == {RequestState.SUCCEEDED}
+    assert all(ledger.request(fp).error_type is None for fp in memo)
+    ledger.close()
+
+
+def test_a_rebuild_failing_after_another_run_took_the_request_leaves_it_to_that_run(data_dir, corpus, monkeypatch):
+    """queued_requests reads the queue, then rebuilds each request; a concurrent run may take one
+    into its batch in between (then the document changes): it stays that run's, not failed."""
+    import tasks.rebuild as rebuild_mod
+    from longbatch.errors import NotRebuildable
+
+    make_inbox(data_dir / "inbox", corpus)
+    _, lean, settings = plans(data_dir, model="claude-sonnet-4-6")
+    ledger = Ledger.open(settings)
+    claim_plan(ledger, lean)
+    taken: list[str] = []
+
+    def concurrent_run_takes_it(ledger_, record, *args, **kwargs):
+        ledger_.record_intent((), [(record.custom_id, record.fingerprint)])  # the other run's intent
+        taken.append(record.fingerprint)
+        raise NotRebuildable("memo.txt changed since it was planned")
+
+    monkeypatch.setattr(rebuild_mod, "rebuild", concurrent_run_takes_it)
+    assert rebuild_mod.queued_requests(ledger, settings.inbox_dir, data_dir) == []
+    assert taken and {ledger.request(fp).state for fp in taken} == {RequestState.SUBMITTING}
+    ledger.close()
+
+
+def test_a_document_back_as_it_was_planned_is_sent_by_the_next_run(data_dir, corpus, sim, client, monkeypatch):
+    """A render that found the document changed (being rewritten, or edited and then undone)
+    never reached the API; once the document is back as it was planned, the next run plans the
+    very same request, so it must send it, not leave the document failed for good."""
+    from flows.process import RunParameters, process_documents
+
+    make_inbox(data_dir / "inbox", corpus)
+    memo_text = (data_dir / "inbox" / "memo.txt").read_text()
+    _, lean, settings = plans(data_dir, model="claude-sonnet-4-6")
+    ledger = Ledger.open(settings)
+    claim_plan(ledger, lean)
+    (data_dir / "inbox" / "memo.txt").write_text("Half of the memo, as an editor saving it left it for a moment.")
+    (batch,) = lean.batches
+    queued = {r.fingerprint for r in ledger.requests_in_state(RequestState.QUEUED)}
+    todo = tuple(r for r in batch.requests if r.fingerprint in queued)
+    submit_batch(client, ledger, type(batch)(batch.betas, todo), Renderer(ledger, settings.inbox_dir, data_dir),
+                 data_dir)
+    memo = {r.fingerprint for r in ledger.requests_in_state(RequestState.FAILED) if r.source == "memo.txt"}
+    assert memo
+    ledger.close()
+
+    (data_dir / "inbox" / "memo.txt").write_text(memo_text)  # as it was planned
+    monkeypatch.setenv("ANTHROPIC_BASE_URL", sim.url)
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-not-a-real-key")
+    monkeypatch.setenv("LONGBATCH_POLL_INITIAL_SECONDS", "0.1")
+    monkeypatch.setenv("LONGBATCH_POLL_MAX_SECONDS", "0.3")
+    process_documents(RunParameters(data_dir=str(data_dir), model="claude-sonnet-4-6", prompts=PROMPTS,
+                                    max_output_tokens=8_000, cache="prime"))
+    ledger = Ledger.open(settings)
+    everything = ledger.requests_in_state(*RequestState)
+    assert {r.fingerprint for r in everything if r.source == "memo.txt"} == memo  # the same requests planned again
+    assert {ledger.request(fp).state for fp in memo} == {RequestState.SUCCEEDED}
+    ledger.close()
