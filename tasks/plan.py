@@ -18,7 +18,8 @@ from longbatch.catalog import ModelSpec, batch_cost_usd, normalize_betas
 from longbatch.errors import CannotSplit, PdfChangedError
 from longbatch.records import PlanRow, PlanStatus, StepRecipe
 from longbatch.settings import Settings
-from longbatch.tokens import MAX_OVERCOUNT, TokenEstimate, bound_from_exact, cl100k_count, estimate_from_cl100k
+from longbatch.tokens import (MAX_OVERCOUNT, TokenEstimate, bound_from_exact, cl100k_count, cl100k_count_paragraphs,
+                             estimate_from_cl100k)
 from tasks.build import (PlannedRequest, build_native_request, build_request, count_key, render_native_instructions,
                          render_user_message)
 from tasks.fit import OutputBudget
@@ -192,7 +193,7 @@ def plan_whole(doc: Document, prompt: Prompt, policy: PlanPolicy) -> tuple[PlanR
                           NATIVE_MAX_BYTES, refusal)
     # The document body was counted once at ingest; count only what wraps it here.
     wrapper = render_user_message(doc, prompt, model.max_batch_output, body="")
-    cl100k = doc.body_cl100k + _system_prompt_cl100k() + cl100k_count(wrapper)
+    cl100k = doc.body_cl100k + _system_prompt_cl100k() + cl100k_count_paragraphs(wrapper)
     return _fit_whole(doc, prompt, policy, count_key(model.id, doc, prompt), estimate_from_cl100k(cl100k, model.tokenizer),
                       lambda grant: build_request(doc, prompt, model, grant, policy.extra_betas, policy.cache_prefixes),
                       MAX_BODY_BYTES)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import random
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
-from longbatch.tokens import _encoding, cl100k_count
+from longbatch.tokens import _encoding, _paragraph_cl100k, cl100k_count, cl100k_count_paragraphs
 
 
 def _whole(text: str) -> int:
@@ -39,6 +40,26 @@ def test_text_without_spaces_is_within_a_token_or_two_per_cut(corpus):
     text = raw.decode("gb18030", errors="replace")
     cuts = len(text) // 5000
     assert abs(cl100k_count(text, 10_000) - _whole(text)) <= 2 * cuts
+
+
+@pytest.mark.parametrize("name", ["war_and_peace_tolstoy.txt", "sec_edgar_raw_submission_ishares_485apos.txt",
+                                  "udhr_article1_multilingual.txt"])
+def test_counting_by_paragraph_is_exact_on_real_text(corpus, name):
+    text = (corpus / "text" / name).read_text(encoding="utf-8", errors="replace")[:300_000]
+    assert text.count("\n\n") > 20
+    assert cl100k_count_paragraphs(text) == _whole(text)
+
+
+def test_counting_by_paragraph_is_exact_next_to_every_kind_of_character():
+    """Blank lines beside punctuation, quotes, contractions, digits, CJK, other line breaks and
+    spaces: the count never differs from one pass (the remembered paragraphs forgotten each time)."""
+    pieces = ["\n", "\n\n", " ", "\r\n", "\t", "a", "Word", "'s", "'S", "12", "1234", ".", '"', ">", "<", "-",
+              "#", "漢字", "é", "\u00a0", "\u2028", "!?", "  ", "'"]
+    rng = random.Random(7)
+    for _ in range(3000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 40)))
+        _paragraph_cl100k.cache_clear()
+        assert cl100k_count_paragraphs(text) == _whole(text), repr(text)
 
 
 def test_short_text_is_one_pass():
