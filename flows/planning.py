@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-import anthropic
-
-from longbatch.api import model_from_api
 from longbatch.catalog import ModelSpec, get_model
 from longbatch.settings import Settings
-from tasks.counting import count_near_limits
 from tasks.ingest import Document, IngestFailure, discover
 from tasks.ingest_pool import read_documents
 from tasks.plan import Plan, planner_for
 from tasks.prompts import load_prompts
+
+if TYPE_CHECKING:  # the SDK (~0.8 s to import) only when there is a client: `longbatch plan` with no key needs none
+    import anthropic
 
 
 def build_plan(settings: Settings, client: anthropic.Anthropic | None = None) -> tuple[Plan, ModelSpec]:
@@ -28,9 +28,15 @@ def build_plan(settings: Settings, client: anthropic.Anthropic | None = None) ->
         return read_documents(paths, inbox, settings.pdf_mode == "native", settings.data_dir / "cache",
                               follow_links=settings.follow_links)
 
-    model = get_model(settings.model) if client is None else model_from_api(client, settings.model)
+    if client is None:
+        model = get_model(settings.model)
+        return planner_for(prompts, model, settings, keep_text_bytes=0).add(documents()).plan(), model
+    from longbatch.api import model_from_api
+    from tasks.counting import count_near_limits
+
+    model = model_from_api(client, settings.model)
     plan = planner_for(prompts, model, settings, keep_text_bytes=0).add(documents()).plan()
-    if client is not None and (settings.exact_count or any(r.needs_exact for r in plan.rows)):
+    if settings.exact_count or any(r.needs_exact for r in plan.rows):
         docs = (d for d in documents() if isinstance(d, Document))
         counts = count_near_limits(client, plan, docs, prompts, model, {}, settings.count_tokens_per_minute,
                                    everything=settings.exact_count)

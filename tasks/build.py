@@ -12,9 +12,7 @@ import json
 import re
 from dataclasses import dataclass
 from string import Template
-
-from anthropic.types.beta.messages.batch_create_params import Request
-from anthropic.types.beta.message_create_params import MessageCreateParamsNonStreaming
+from typing import TYPE_CHECKING
 
 from longbatch.cache import BREAKPOINT, cache_facts
 from longbatch.catalog import ModelSpec
@@ -22,6 +20,11 @@ from longbatch.piece import Piece, StepLinks
 from longbatch.tokens import estimate_from_cl100k
 from tasks.ingest import Document
 from tasks.prompts import SYSTEM_PROMPT, Prompt
+
+if TYPE_CHECKING:  # the SDK's own request types, for the type checker: importing the SDK takes ~0.8 s,
+    # which `longbatch plan` without a key never needs
+    from anthropic.types.beta.message_create_params import MessageCreateParamsNonStreaming
+    from anthropic.types.beta.messages.batch_create_params import Request
 
 CUSTOM_ID_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 
@@ -262,11 +265,11 @@ def make_request(custom_id: str, doc_id: str, prompt_name: str, model: ModelSpec
         "messages": [{"role": "user", "content": user_content}],  # type: ignore[typeddict-item]
     }
     betas = tuple(sorted(set(model.betas_for(max_tokens)) | set(extra_betas)))
-    request = Request(custom_id=custom_id, params=params)
+    request: Request = {"custom_id": custom_id, "params": params}
     body = serialise(request)
     seen = without_cache_control(user_content if identity_content is None else identity_content)
-    identity = body if seen == user_content else serialise(  # most requests: what is sent is what is asked
-        Request(custom_id=custom_id, params={**params, "messages": [{"role": "user", "content": seen}]}))
+    asked: Request = {"custom_id": custom_id, "params": {**params, "messages": [{"role": "user", "content": seen}]}}
+    identity = body if seen == user_content else serialise(asked)  # most requests: what is sent is what is asked
     fingerprint = hashlib.sha256(identity + json.dumps(sorted(betas)).encode()).hexdigest()
     return PlannedRequest(custom_id, doc_id, prompt_name, model.id, max_tokens, betas, body, len(body), fingerprint,
                           piece, links, prefix_of(params))

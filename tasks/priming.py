@@ -13,13 +13,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
-from anthropic.types.beta.messages.batch_create_params import Request
+from typing import TYPE_CHECKING
 
 from longbatch.cache import READ_MULTIPLIER
 from longbatch.catalog import BATCH_DISCOUNT, ModelSpec
 from longbatch.ledger import Ledger
 from longbatch.records import CANCELED_BY_USER, RequestState
 from tasks.build import PlannedRequest, serialise, without_cache_control
+
+if TYPE_CHECKING:
+    from anthropic.types.beta.messages.batch_create_params import Request
 
 # `--cache auto` primes when priming should save at least this much more per document than
 # sending every prompt at once (hits inside one batch assumed at ASSUMED_IN_BATCH_HIT_RATE):
@@ -81,8 +84,9 @@ def without_breakpoints(request: PlannedRequest) -> PlannedRequest:
     params = request.params
     assert params is not None, "breakpoints are dropped while planning, before a request is made lean"
     content = without_cache_control(params["messages"][0]["content"])
-    line = serialise(Request(custom_id=request.custom_id,
-                             params={**params, "messages": [{"role": "user", "content": content}]}))
+    plain: Request = {"custom_id": request.custom_id,
+                      "params": {**params, "messages": [{"role": "user", "content": content}]}}
+    line = serialise(plain)
     return dataclasses.replace(request, line=line, body_bytes=len(line), prefix=None)
 
 

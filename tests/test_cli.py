@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 
 import pandas as pd
@@ -54,6 +55,23 @@ def test_plan_shows_numbers_and_sends_nothing(tmp_path, corpus):
     ready = plan[plan["status"] == "ready"].iloc[0]
     assert ready["granted_max_tokens"] == 300_000 and ready["pages"] == 14 and ready["max_cost_usd"] > 0
     assert not (tmp_path / "ledger.sqlite").exists()
+
+
+def test_plan_without_a_key_imports_neither_the_sdk_nor_prefect(tmp_path, corpus):
+    """An unchanged inbox is re-planned by hashing (the ingest cache); the SDK and Prefect would
+    cost more than that to import, and `plan` with no key needs neither."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    shutil.copy(corpus / "pdf/paper_tracemonkey_pldi2009_14p.pdf", inbox)
+    shutil.copy(corpus / "text/udhr_article1_multilingual.txt", inbox)
+    code = ("import sys; from flows.cli import main; code = main(['plan', '--data-dir', sys.argv[1]]); "
+            "print(sorted(m for m in ('anthropic', 'prefect') if m in sys.modules)); sys.exit(code)")
+    for _ in range(2):  # the first plan and the re-plan through the cache
+        proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                              timeout=240, env=cli_env())
+        assert proc.returncode == 0, proc.stderr
+        assert "paper_tracemonkey_pldi2009_14p.pdf" in proc.stdout
+        assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_run_against_a_standalone_simulator_like_the_real_api(tmp_path, corpus, standalone_simulator):
