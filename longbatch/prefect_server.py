@@ -22,7 +22,7 @@ from typing import Any
 def temporary_prefect_server() -> Iterator[str | None]:
     """Point Prefect at a temporary server that dies with this process, unless a server is
     configured (PREFECT_API_URL). Yields the server's API URL, or None when none was started."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     if PREFECT_API_URL.value():
         yield None
@@ -30,7 +30,10 @@ def temporary_prefect_server() -> Iterator[str | None]:
     server = _server_dying_with_parent()
     server.start()  # from this thread, which lives as long as the process: the signal follows it
     try:
-        with temporary_settings({PREFECT_API_URL: server.api_url}):
+        # No flow-run heartbeats: they tell a lasting server that a run's process died, and this
+        # server dies with it. Their thread costs every run ~1 s (it is joined at the end of the
+        # run, after up to a second's sleep).
+        with temporary_settings({PREFECT_API_URL: server.api_url, PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             try:
                 yield server.api_url
             finally:

@@ -71,3 +71,25 @@ def test_a_killed_run_takes_its_temporary_prefect_server_with_it(tmp_path):
         for pid in servers:  # without the fix, do not leave it running for the rest of the suite
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_the_temporary_server_runs_flows_without_heartbeats_and_a_configured_one_keeps_them():
+    """Heartbeats tell a lasting server that a run died; the CLI's own server dies with the run."""
+    from prefect import flow
+    from prefect.settings import get_current_settings
+
+    from longbatch.prefect_server import temporary_prefect_server
+
+    @flow
+    def heartbeat_of_this_run() -> int | None:
+        return get_current_settings().flows.heartbeat_frequency
+
+    configured_heartbeat = get_current_settings().flows.heartbeat_frequency
+    assert configured_heartbeat is not None  # Prefect's default: 180 s
+    with temporary_prefect_server() as configured:  # the test harness's server is configured
+        assert configured is None and heartbeat_of_this_run() == configured_heartbeat
+    import prefect.settings
+
+    with prefect.settings.temporary_settings({prefect.settings.PREFECT_API_URL: None}):
+        with temporary_prefect_server() as url:
+            assert url and url.startswith("http://127.0.0.1") and heartbeat_of_this_run() is None
