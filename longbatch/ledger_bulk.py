@@ -8,7 +8,6 @@ leaves whole claims and whole results, never a result without its request's new 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -18,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from longbatch.records import CREATE_FAILED, SUPERSEDED, Claim, RequestState, ResultRecord, ResultWrite
-from longbatch.rows import insert_new_many, request_values, result_of
+from longbatch.rows import insert_new_many, request_values, result_of, result_values
 from longbatch.schema import requests, results
 
 # Rows per transaction: large enough that commits stop mattering, small enough that a
@@ -96,7 +95,7 @@ class BulkBook:
                  error_message=sa.bindparam("b_error_message"), updated_at=sa.bindparam("b_now"))
         for chunk in chunks(writes):
             now = time.time()
-            rows = [{**dataclasses.asdict(w.result), "scope": self.scope, "received_at": now} for w in chunk]
+            rows = [result_values(self.scope, w.result, now) for w in chunk]
             with self.tx() as conn:
                 new = insert_new_many(conn, results, rows, "custom_id")
                 states = [{"b_scope": self.scope, "b_fingerprint": w.result.fingerprint, "b_state": w.request_state,
