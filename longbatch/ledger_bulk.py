@@ -107,16 +107,19 @@ class BulkBook:
         return recorded
 
     def latest_results(self, fingerprints: Sequence[str]) -> dict[str, ResultRecord]:
-        """`latest_result` for many requests: one query per 500, not one each (summary.csv)."""
+        """`latest_result` for many requests (summary.csv, which wants nearly every request of
+        the scope): one pass over the scope's results. Not `fingerprint IN (chunk)` queries:
+        SQLite, without statistics, answers each of those by scanning the whole scope."""
+        wanted = set(fingerprints)
         latest: dict[str, ResultRecord] = {}
         with self.tx() as conn:
-            for chunk in chunks(sorted(set(fingerprints)), 500):
-                rows = conn.execute(sa.select(results).where(self._mine(results) & results.c.fingerprint.in_(chunk)))
-                for row in rows.mappings():
-                    res = result_of(row)
-                    best = latest.get(res.fingerprint)
-                    if best is None or (res.attempt, res.received_at) > (best.attempt, best.received_at):
-                        latest[res.fingerprint] = res
+            for row in conn.execute(sa.select(results).where(self._mine(results))).mappings():
+                if row["fingerprint"] not in wanted:
+                    continue
+                res = result_of(row)
+                best = latest.get(res.fingerprint)
+                if best is None or (res.attempt, res.received_at) > (best.attempt, best.received_at):
+                    latest[res.fingerprint] = res
         return latest
 
     def recorded_custom_ids(self, batch_id: str) -> set[str]:
