@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import tempfile
@@ -14,18 +15,45 @@ def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Write `data` to `path` so readers see the old file or the new one, never a part.
     `durable=False` skips the fsync, for files that may be lost in a power cut but must never
     be seen half-written (a cache that checks what it reads)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _new_temp(path)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        try:
+            view = memoryview(data)
+            while view:  # straight to the descriptor: no buffered file object to set up
+                view = view[os.write(fd, view):]
             if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+_temp_numbers = itertools.count()
+
+
+def _new_temp(path: Path) -> tuple[int, str]:
+    """A new, empty file beside `path`: `.<name>.<pid>-<n>.tmp`, created with O_EXCL, so it is
+    never another writer's (a name left by a crash, or taken by another host sharing the folder,
+    is skipped). No random names: this process's counter and its pid keep them apart. The
+    folder is made only when it is missing (the first file written into it)."""
+    folder, name = os.path.split(path)
+    made = False
+    for _ in range(tempfile.TMP_MAX):
+        tmp = os.path.join(folder, f".{name}.{os.getpid()}-{next(_temp_numbers)}.tmp")
+        try:
+            return os.open(tmp, _TEMP_FLAGS, 0o600), tmp
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            if made:
+                raise
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made = True
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:

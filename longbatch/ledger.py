@@ -13,7 +13,6 @@ tables and migrations are in `longbatch/schema.py`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from collections.abc import Iterable, Iterator
@@ -31,7 +30,7 @@ from longbatch.settings import Settings
 from longbatch.ledger_batches import BatchBook
 from longbatch.ledger_bulk import BulkBook, chunks
 from longbatch.ledger_money import MoneyBook, SpendState
-from longbatch.rows import plan_of, request_of, request_values, result_of, step_of, upsert, upsert_many
+from longbatch.rows import plan_of, request_of, request_values, result_of, result_values, step_of, upsert, upsert_many
 
 __all__ = ["SCHEMA_VERSION", "BatchRecord", "Ledger", "SpendState", "default_url", "upsert"]
 
@@ -152,7 +151,7 @@ class Ledger(BatchBook, MoneyBook, BulkBook):
                 conn.execute(requests.insert().values(
                     **request_values(self.scope, req, RequestState.SUCCEEDED, result.attempt)))
                 upsert(conn, results, ("scope", "batch_id", "custom_id"),
-                       {**dataclasses.asdict(result), "scope": self.scope, "received_at": time.time()})
+                       result_values(self.scope, result, time.time()))
             return True
         except sa.exc.IntegrityError:
             return False
@@ -260,7 +259,7 @@ class Ledger(BatchBook, MoneyBook, BulkBook):
     def record_result(self, result: ResultRecord, request_state: RequestState,
                       error: tuple[str | None, str | None]) -> None:
         """One result and the request's new state, in one transaction: both or neither."""
-        values = {**dataclasses.asdict(result), "scope": self.scope, "received_at": time.time()}
+        values = result_values(self.scope, result, time.time())
         with self.tx() as conn:
             upsert(conn, results, ("scope", "batch_id", "custom_id"), values)
             conn.execute(requests.update().where(self._mine(requests) & (requests.c.fingerprint == result.fingerprint)).values(

@@ -8,7 +8,6 @@ leaves whole claims and whole results, never a result without its request's new 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -18,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from longbatch.records import CREATE_FAILED, SUPERSEDED, Claim, RequestState, ResultRecord, ResultWrite
-from longbatch.rows import insert_new_many, request_values, result_of
+from longbatch.rows import insert_new_many, request_values, result_of, result_values
 from longbatch.schema import requests, results
 
 # Rows per transaction: large enough that commits stop mattering, small enough that a
@@ -96,7 +95,7 @@ class BulkBook:
                  error_message=sa.bindparam("b_error_message"), updated_at=sa.bindparam("b_now"))
         for chunk in chunks(writes):
             now = time.time()
-            rows = [{**dataclasses.asdict(w.result), "scope": self.scope, "received_at": now} for w in chunk]
+            rows = [result_values(self.scope, w.result, now) for w in chunk]
             with self.tx() as conn:
                 new = insert_new_many(conn, results, rows, "custom_id")
                 states = [{"b_scope": self.scope, "b_fingerprint": w.result.fingerprint, "b_state": w.request_state,
@@ -108,16 +107,19 @@ class BulkBook:
         return recorded
 
     def latest_results(self, fingerprints: Sequence[str]) -> dict[str, ResultRecord]:
-        """`latest_result` for many requests: one query per 500, not one each (summary.csv)."""
+        """`latest_result` for many requests (summary.csv, which wants nearly every request of
+        the scope): one pass over the scope's results. Not `fingerprint IN (chunk)` queries:
+        SQLite, without statistics, answers each of those by scanning the whole scope."""
+        wanted = set(fingerprints)
         latest: dict[str, ResultRecord] = {}
         with self.tx() as conn:
-            for chunk in chunks(sorted(set(fingerprints)), 500):
-                rows = conn.execute(sa.select(results).where(self._mine(results) & results.c.fingerprint.in_(chunk)))
-                for row in rows.mappings():
-                    res = result_of(row)
-                    best = latest.get(res.fingerprint)
-                    if best is None or (res.attempt, res.received_at) > (best.attempt, best.received_at):
-                        latest[res.fingerprint] = res
+            for row in conn.execute(sa.select(results).where(self._mine(results))).mappings():
+                if row["fingerprint"] not in wanted:
+                    continue
+                res = result_of(row)
+                best = latest.get(res.fingerprint)
+                if best is None or (res.attempt, res.received_at) > (best.attempt, best.received_at):
+                    latest[res.fingerprint] = res
         return latest
 
     def recorded_custom_ids(self, batch_id: str) -> set[str]:

@@ -22,7 +22,7 @@ _RESULT_FIELDS = [f.name for f in dataclasses.fields(ResultRecord)]
 
 
 def betas_of(text: str) -> tuple[str, ...]:
-    return tuple(b for b in text.split(",") if b)
+    return tuple(filter(None, text.split(",")))
 
 
 def request_of(r: Mapping[str, Any]) -> RequestRecord:
@@ -36,6 +36,12 @@ def request_of(r: Mapping[str, Any]) -> RequestRecord:
 
 def result_of(r: Mapping[str, Any]) -> ResultRecord:
     return ResultRecord(**{name: r[name] for name in _RESULT_FIELDS})
+
+
+def result_values(scope: str, result: ResultRecord, received_at: float) -> dict[str, Any]:
+    """A result's row. Its fields are plain values: a shallow copy, not `dataclasses.asdict`'s
+    deep one (a tenth of the time, for every result a collect records)."""
+    return {**vars(result), "scope": scope, "received_at": received_at}
 
 
 def step_of(r: Mapping[str, Any]) -> StepRecord:
@@ -112,10 +118,9 @@ def insert_new(conn: Connection, table: sa.Table, values: dict[str, Any]) -> boo
 
 def plan_of(r: Mapping[str, Any]) -> PlanRecord:
     data = json.loads(r["data"])
-    row = PlanRow(**{k: v for k, v in data.items() if k in _PLAN_ROW_FIELDS})
-    row = dataclasses.replace(row, status=PlanStatus(row.status), betas=betas_of(data.get("betas") or ""))
-    return PlanRecord(row, r["fingerprint"],
-                      tuple(data.get("part_fingerprints") or ()))
+    values = {k: v for k, v in data.items() if k in _PLAN_ROW_FIELDS}
+    values.update(status=PlanStatus(data["status"]), betas=betas_of(data.get("betas") or ""))
+    return PlanRecord(PlanRow(**values), r["fingerprint"], tuple(data.get("part_fingerprints") or ()))
 
 
 

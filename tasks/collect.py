@@ -42,6 +42,7 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
     members = ledger.members(record.id)
     done = ledger.recorded_custom_ids(record.api_id)  # a resumed collect: recorded before the stop
     requests = ledger.requests_by_fingerprint(sorted({fp for fp, _ in members.values()}))
+    reports_dir = data_dir / "reports"
     seen: set[str] = set()
     pending: list[ResultWrite] = []
     # The first result is committed alone: a stop right after leaves the batch partly recorded,
@@ -63,7 +64,7 @@ def collect_batch(client: anthropic.Anthropic, ledger: Ledger, record: BatchReco
         if outcome.result_type == "succeeded":
             ctx = ReportContext(request, attempt, record.id, record.api_id, record.created_at, record.ended_at)
             # Not synced one by one: _record syncs the reports' filesystem once before recording them.
-            report_path = str(write_report(data_dir / "reports", outcome, ctx, durable=False))
+            report_path = str(write_report(reports_dir, outcome, ctx, durable=False))
             failpoint("after-report")
             state = RequestState.SUCCEEDED
         else:

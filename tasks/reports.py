@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -211,8 +212,7 @@ def _request_status(req: RequestRecord | None, result: ResultRecord | None, data
                    cost_usd=round(result.cost_usd or 0.0, 6), stop_reason=result.stop_reason,
                    batch_id=result.batch_id, **_cache_columns(req.model, [result]))
         if result.report_path:
-            path = Path(result.report_path)
-            out["report"] = path.relative_to(data_dir).as_posix() if path.is_relative_to(data_dir) else str(path)
+            out["report"] = _shown_path(result.report_path, data_dir)
     if req.state == RequestState.SUCCEEDED and result is not None:
         if result.stop_reason == "refusal":
             out.update(status="refused", reason="the model refused (stop reason refusal)")
@@ -227,6 +227,17 @@ def _request_status(req: RequestRecord | None, result: ResultRecord | None, data
     else:  # queued, submitting, submitted, retryable
         out.update(status="pending", reason=f"request {req.state}")
     return out
+
+
+def _shown_path(report_path: str, data_dir: Path) -> str:
+    """A report's path as summary.csv shows it: from the data dir when under it. Paths are
+    recorded as `str(Path)`: a plain prefix test spares two Path objects a row; anything it
+    does not settle is left to pathlib."""
+    prefix = f"{data_dir}{os.sep}"
+    if report_path.startswith(prefix):
+        return report_path[len(prefix):].replace(os.sep, "/")
+    path = Path(report_path)
+    return path.relative_to(data_dir).as_posix() if path.is_relative_to(data_dir) else str(path)
 
 
 def _cache_columns(model: str, results: list) -> dict[str, Any]:

@@ -166,6 +166,7 @@ def test_latest_results_agree_with_latest_result_one_by_one(ledger):
     for fp in fps[:50]:
         assert latest[fp] == ledger.latest_result(fp)
     assert latest[fps[0]].attempt == 2 and latest[fps[1]].attempt == 1
+    assert set(ledger.latest_results(fps[:10])) == set(fps[:10])  # only the requests asked for
 
 
 def test_a_late_second_collector_does_not_set_back_a_retried_request(ledger):

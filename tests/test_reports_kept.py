@@ -8,9 +8,11 @@ import sqlite3
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from flows.process import RunParameters, process_documents
 from longbatch.ledger import SCHEMA_VERSION, Ledger
+from tasks.reports import _shown_path
 from test_flow import PROSE, api, fast_polling, write  # noqa: F401 - fixtures
 
 
@@ -99,3 +101,17 @@ def test_a_schema_4_ledger_migrates_its_plan_rows_and_gains_indexes(tmp_path):
         assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
         assert {"ix_results_fingerprint", "ix_requests_custom_id", "ix_requests_state"} <= indexes
+
+
+@pytest.mark.parametrize("data_dir, recorded", [
+    ("/srv/data", "/srv/data/reports/a/m/report.md"),
+    ("data", "data/reports/a/m/report.md"),
+    (".", "reports/a/m/report.md"),
+    ("/", "/reports/a/m/report.md"),
+    ("/srv/data", "/srv/database/reports/a/m/report.md"),  # a sibling whose name starts the same
+    ("/srv/data", "/elsewhere/report.md"),
+])
+def test_the_summary_shows_a_report_path_as_pathlib_does(data_dir, recorded):
+    path = Path(recorded)
+    expected = path.relative_to(data_dir).as_posix() if path.is_relative_to(data_dir) else str(path)
+    assert _shown_path(recorded, Path(data_dir)) == expected
