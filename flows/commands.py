@@ -344,7 +344,8 @@ def _print_summary(path: Path, data_dir: Path) -> None:
         print("The inbox is empty: nothing to do.")
         return
     show = frame[["source", "prompt", "status", "output_tokens", "cost_usd", "reason"]].copy()
-    show["output_tokens"] = show["output_tokens"].astype("Int64")
+    # Whole numbers, and "-" where there are none (an Int64 column prints <NA> whatever na_rep says).
+    show["output_tokens"] = show["output_tokens"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
     show["source"] = _clip(show["source"], 48)
     show["reason"] = _clip(show["reason"], 70)
     print(show.to_string(index=False, na_rep="-"))

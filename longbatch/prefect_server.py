@@ -61,6 +61,11 @@ def _server_dying_with_parent() -> Any:
     import prefect.server.api.server as prefect_server
 
     class ServerDyingWithParent(prefect_server.SubprocessASGIServer):
+        # Prefect keeps one server per port for the whole process, and port None is shared:
+        # without a registry of its own this would be the server some other code (a test
+        # harness) already started, and stopping it at the end of the run would stop theirs.
+        _instances: dict[int | None, Any] = {}
+
         def _run_uvicorn_command(self) -> subprocess.Popen[Any]:
             # Prefect's own command and environment, launched through the guard: swap the
             # `subprocess` that Prefect's module sees for the length of this call only.

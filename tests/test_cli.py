@@ -85,6 +85,9 @@ def test_run_against_a_standalone_simulator_like_the_real_api(tmp_path, corpus, 
     proc = run_cli("run", "--data-dir", str(data_dir), "--max-output-tokens", "4000", env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "1 complete" in proc.stdout and "1 error" in proc.stdout
+    # The failed document's row has no output tokens: a dash, as for its cost, never pandas' <NA>.
+    failed_row = next(line for line in proc.stdout.splitlines() if "broken_truncated" in line)
+    assert failed_row.split()[2:5] == ["error", "-", "-"] and "<NA>" not in proc.stdout
     summary = pd.read_csv(data_dir / "reports" / "summary.csv")
     assert sorted(summary["status"]) == ["complete", "error"]
     assert len(list(state.glob("msgbatch_*.json"))) == 1  # the simulator's own record: one create

@@ -93,3 +93,7 @@ def test_the_temporary_server_runs_flows_without_heartbeats_and_a_configured_one
     with prefect.settings.temporary_settings({prefect.settings.PREFECT_API_URL: None}):
         with temporary_prefect_server() as url:
             assert url and url.startswith("http://127.0.0.1") and heartbeat_of_this_run() is None
+    # It was a server of its own, and stopping it left the harness's server (another
+    # SubprocessASGIServer in this process) running: the next flow still reaches it.
+    assert url != prefect.settings.PREFECT_API_URL.value()
+    assert heartbeat_of_this_run() == configured_heartbeat
