@@ -186,6 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--errored-rate", type=float, help="chance a request ends errored (retryable)")
     faults.add_argument("--expired-rate", type=float, help="chance a request ends expired")
     faults.add_argument("--results-bytes-per-second", type=float, help="throttle results downloads")
+    faults.add_argument("--upload-bytes-per-second", type=float, help="read request bodies this fast (a slow link)")
     faults.add_argument("--seed", type=int, help="seed for the fault dice")
     return parser
 

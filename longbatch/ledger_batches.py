@@ -53,6 +53,15 @@ class BatchBook:
                 conn.execute(batches.delete().where(batches.c.id == batch_id))
         return batch_id, won
 
+    def refresh_intent(self, batch_id: str) -> bool:
+        """A create still sending its body says it is alive, so that no other run takes its intent
+        for one a dead process left (`stale_intents_to_unknown`). False when it is no longer an
+        intent: another run has taken it over, and this create must not complete."""
+        with self.tx() as conn:
+            return conn.execute(batches.update().where(
+                (batches.c.id == batch_id) & (batches.c.state == BatchState.INTENT)
+            ).values(intent_at=time.time())).rowcount == 1
+
     def stale_intents_to_unknown(self, older_than_seconds: float) -> int:
         """Intents left by a process that stopped between recording and hearing back from
         create: whether the batch exists is unknown until the server is asked."""

@@ -87,7 +87,8 @@ class Settings(BaseSettings):
     poll_max_seconds: float = Field(60.0, gt=0)
     wait_timeout_seconds: float = Field(25 * 3600.0, gt=0)
     # A create still unconfirmed after this long is looked up on the server (and requeued if
-    # absent). Longer than the client's request timeout, so a live create is never second-guessed.
+    # absent). A live create refreshes its intent while it sends (tasks/batches.py:
+    # INTENT_REFRESH_SECONDS), so only a dead or stalled one gets this old.
     intent_grace_seconds: float = Field(900.0, ge=0)
     # How long an unconfirmed create may take to show up in the server's batch list before
     # we conclude it never happened and queue its requests again.

@@ -32,6 +32,7 @@ class SimConfig(BaseSettings):
     errored_rate: float = 0.0  # chance a request ends errored (overloaded_error: retryable)
     expired_rate: float = 0.0  # chance a request ends expired
     results_bytes_per_second: float = 0.0  # throttle results downloads; 0: full speed
+    upload_bytes_per_second: float = 0.0  # read request bodies this fast (a slow link); 0: full speed
     seed: int = 0
     # Misbehaving servers, for the tests of what users hit first (all off by default):
     # error answers and errored results quote the request's x-api-key / Authorization header

@@ -35,6 +35,10 @@ _ROUTES: list[tuple[str, re.Pattern[str], str]] = [
 _CHUNK = 1 << 20
 
 
+class _ClientGone(Exception):
+    """The client closed the connection before its request body was whole."""
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: "_Server"
     protocol_version = "HTTP/1.1"
@@ -70,6 +74,10 @@ class _Handler(BaseHTTPRequestHandler):
                     self._handle(name, m.groupdict(), parse_qs(url.query), body)
                     return
             raise ApiError(404, "not_found_error", f"no route for {method} {url.path}")
+        except _ClientGone as exc:
+            # The client hung up mid-body: there is no request, so no batch and no answer.
+            log.info("%s %s: %s", method, url.path, exc)
+            self.close_connection = True
         except ApiError as exc:
             extra = {"retry-after": "0"} if exc.status == 429 else {}
             message = exc.message
@@ -100,12 +108,18 @@ class _Handler(BaseHTTPRequestHandler):
         # before parsing: a 256 MB body costs its text and its objects, not four copies.
         raw = bytearray(length)
         view, got = memoryview(raw), 0
+        throttle = self.server.sim.config.upload_bytes_per_second
+        step = min(_CHUNK, max(1024, int(throttle / 10))) if throttle else length
         while got < length:
-            n = self.rfile.readinto(view[got:])
+            n = self.rfile.readinto(view[got: got + step])
             if not n:
                 break
             got += n
+            if throttle:
+                time.sleep(n / throttle)
         del view
+        if got < length:
+            raise _ClientGone(f"body ended after {got:,} of {length:,} bytes")
         try:
             text = raw[:got].decode("utf-8") if got < length else raw.decode("utf-8")
             del raw

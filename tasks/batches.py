@@ -9,7 +9,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,15 @@ NOT_FOUND_GRACE_SECONDS = 120.0
 RECOVERY_WINDOW_SECONDS = 900.0
 CREATE_RATE_LIMIT_TRIES = 5
 DOWNLOAD_TRIES = 5
+# While a create sends its body (256 MB on a slow link can take longer than any grace period),
+# it refreshes its intent this often, so no other run takes a live create for an abandoned one.
+INTENT_REFRESH_SECONDS = 30.0
+
+
+class IntentTakenOver(Exception):
+    """Another run took this create's intent for one a dead process left (it was not refreshed
+    in time: the process was suspended, or stalled): the upload stops before its body is whole,
+    so no batch is made and the other run's recovery decides what happens to its requests."""
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,8 @@ def _create(client: anthropic.Anthropic, ledger: Ledger, betas: tuple[str, ...],
     headers = {"Content-Length": str(body.size(custom_ids))} | ({"anthropic-beta": ",".join(betas)} if betas else {})
     for attempt in range(1, CREATE_RATE_LIMIT_TRIES + 1):
         try:
-            created = creator.post("/v1/messages/batches", cast_to=BetaMessageBatch, content=body.stream(custom_ids),
+            content = _kept_alive(body.stream(custom_ids), ledger, local_id)
+            created = creator.post("/v1/messages/batches", cast_to=BetaMessageBatch, content=content,
                                    options={"headers": headers})
         except anthropic.RateLimitError as exc:
             # 429 is an answer, not a doubt: the batch was not made, so asking again is safe.
@@ -96,6 +106,11 @@ def _create(client: anthropic.Anthropic, ledger: Ledger, betas: tuple[str, ...],
             _unknown(ledger, local_id, f"unreadable answer to create: {exc.message}")
             raise _unreadable_create(client) from None
         except anthropic.APIConnectionError as exc:
+            taken = _taken_over(exc)
+            if taken is not None:
+                # The upload stopped short: nothing was made. The intent is the other run's now.
+                log.warning("%s", taken)
+                return SubmitOutcome(local_id, None, "skipped", str(taken))
             if never_connected(exc):
                 # Nothing left this machine: a plain failure (the requests go again next run), and
                 # no point trying the next batch.
@@ -116,6 +131,29 @@ def _create(client: anthropic.Anthropic, ledger: Ledger, betas: tuple[str, ...],
                  f"{body.size(custom_ids):,}", f" (betas: {', '.join(betas)})" if betas else "")
         return SubmitOutcome(local_id, api_id, "submitted")
     raise AssertionError("unreachable")
+
+
+def _kept_alive(pieces: Iterator[bytes], ledger: Ledger, local_id: str) -> Iterator[bytes]:
+    """The body's pieces, refreshing the intent every INTENT_REFRESH_SECONDS of sending; stops
+    with IntentTakenOver (before the piece that would follow) when it is no longer ours. Wall
+    time, not monotonic: a machine asleep mid-upload has to notice the time it was away."""
+    refreshed = time.time()
+    for piece in pieces:
+        if time.time() - refreshed >= INTENT_REFRESH_SECONDS:
+            if not ledger.refresh_intent(local_id):
+                raise IntentTakenOver(
+                    f"batch {local_id}: another run took this create for an abandoned one while its body was being "
+                    "sent; stopped before the body was whole, so no batch was made")
+            refreshed = time.time()
+        yield piece
+
+
+def _taken_over(exc: BaseException) -> IntentTakenOver | None:
+    """The IntentTakenOver the SDK's connection error wraps, if that is what stopped the upload."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, IntentTakenOver):
+        seen = seen.__cause__ or seen.__context__
+    return seen
 
 
 def _created_fields(created: Any) -> tuple[str, float] | None:
