@@ -94,17 +94,25 @@ def test_the_api_receives_exactly_what_the_full_plan_holds(data_dir, corpus, sim
     ledger.close()
 
 
-def test_a_document_changed_after_planning_fails_with_the_reason_and_the_rest_go(data_dir, corpus, sim, client):
-    make_inbox(data_dir / "inbox", corpus)
+def _submit_with_memo_rewritten(data_dir: Path, client, memo_text: str):
+    """Plan lean, claim, rewrite memo.txt, then submit the queued requests of the one batch:
+    (ledger, settings, the requests submitted, the outcome)."""
     _, lean, settings = plans(data_dir, model="claude-sonnet-4-6")
     ledger = Ledger.open(settings)
     claim_plan(ledger, lean)
-    (data_dir / "inbox" / "memo.txt").write_text("Someone rewrote the memo after the plan was made.")
+    (data_dir / "inbox" / "memo.txt").write_text(memo_text)
     (batch,) = lean.batches
     queued = {r.fingerprint for r in ledger.requests_in_state(RequestState.QUEUED)}
     todo = tuple(r for r in batch.requests if r.fingerprint in queued)
     outcome = submit_batch(client, ledger, type(batch)(batch.betas, todo),
                            Renderer(ledger, settings.inbox_dir, data_dir), data_dir)
+    return ledger, settings, todo, outcome
+
+
+def test_a_document_changed_after_planning_fails_with_the_reason_and_the_rest_go(data_dir, corpus, sim, client):
+    make_inbox(data_dir / "inbox", corpus)
+    ledger, settings, todo, outcome = _submit_with_memo_rewritten(
+        data_dir, client, "Someone rewrote the memo after the plan was made.")
     assert outcome.state == "submitted"
     failed = ledger.requests_in_state(RequestState.FAILED)
     assert {r.source for r in failed} == {"memo.txt"} and len(failed) == sum(r.doc_id.startswith("memo") for r in todo)
@@ -196,15 +204,8 @@ def test_a_document_back_as_it_was_planned_is_sent_by_the_next_run(data_dir, cor
 
     make_inbox(data_dir / "inbox", corpus)
     memo_text = (data_dir / "inbox" / "memo.txt").read_text()
-    _, lean, settings = plans(data_dir, model="claude-sonnet-4-6")
-    ledger = Ledger.open(settings)
-    claim_plan(ledger, lean)
-    (data_dir / "inbox" / "memo.txt").write_text("Half of the memo, as an editor saving it left it for a moment.")
-    (batch,) = lean.batches
-    queued = {r.fingerprint for r in ledger.requests_in_state(RequestState.QUEUED)}
-    todo = tuple(r for r in batch.requests if r.fingerprint in queued)
-    submit_batch(client, ledger, type(batch)(batch.betas, todo), Renderer(ledger, settings.inbox_dir, data_dir),
-                 data_dir)
+    ledger, settings, _, _ = _submit_with_memo_rewritten(
+        data_dir, client, "Half of the memo, as an editor saving it left it for a moment.")
     memo = {r.fingerprint for r in ledger.requests_in_state(RequestState.FAILED) if r.source == "memo.txt"}
     assert memo
     ledger.close()

@@ -81,59 +81,56 @@ def slow_link():
             yield server, anthropic.Anthropic(api_key=SECRET, base_url=server.url, max_retries=0, http_client=http)
 
 
-def test_a_slow_upload_keeps_its_intent_and_is_never_taken_for_abandoned(ledger_url, tmp_path, slow_link,
-                                                                          monkeypatch):
+@pytest.fixture
+def two_runs(ledger_url, tmp_path, monkeypatch):
+    """This run's ledger and another run's on the same database; intents refreshed every 0.2 s."""
     import tasks.batches as batch_io
 
-    server, client = slow_link
     monkeypatch.setattr(batch_io, "INTENT_REFRESH_SECONDS", 0.2)
     ledger, other = _ledger(ledger_url, tmp_path), _ledger(ledger_url, tmp_path)
+    yield ledger, other
+    ledger.close()
+    other.close()
+
+
+def _submit_beside(other: Ledger, grace_seconds: float, client: anthropic.Anthropic, ledger: Ledger, plan):
+    """Submit `plan` while the other run looks for stale intents; (outcome, seconds, other run)."""
+    from tasks.batches import submit_batch
+
+    watcher = OtherRun(other, grace_seconds)
+    watcher.start()
+    started = time.time()
     try:
-        plan = _big_batch(tmp_path, ledger)
-        watcher = OtherRun(other, grace_seconds=3.0)  # the upload takes twice that
-        watcher.start()
-        started = time.time()
-        outcome = batch_io.submit_batch(client, ledger, plan)
-        took = time.time() - started
+        outcome = submit_batch(client, ledger, plan)
+    finally:
         watcher.stop.set()
         watcher.join()
-        assert took > 4.0, f"the upload was not slow ({took:.1f} s): the test proves nothing"
-        assert watcher.saw_intent and watcher.taken == 0
-        assert outcome.state == "submitted" and outcome.api_id
-        (record,) = ledger.batches_in_state(BatchState.SUBMITTED)
-        assert record.api_id == outcome.api_id and record.intent_at > started + took - 2.0  # refreshed late
-        assert [b.id for b in client.beta.messages.batches.list()] == [outcome.api_id]
-    finally:
-        ledger.close()
-        other.close()
+    return outcome, time.time() - started, watcher
 
 
-def test_an_upload_whose_intent_was_taken_over_stops_and_makes_no_batch(ledger_url, tmp_path, slow_link,
-                                                                        monkeypatch):
-    import tasks.batches as batch_io
+def test_a_slow_upload_keeps_its_intent_and_is_never_taken_for_abandoned(two_runs, tmp_path, slow_link):
+    (server, client), (ledger, other) = slow_link, two_runs
+    plan = _big_batch(tmp_path, ledger)
+    outcome, took, watcher = _submit_beside(other, 3.0, client, ledger, plan)  # the upload takes twice that
+    assert took > 4.0, f"the upload was not slow ({took:.1f} s): the test proves nothing"
+    assert watcher.saw_intent and watcher.taken == 0
+    assert outcome.state == "submitted" and outcome.api_id
+    (record,) = ledger.batches_in_state(BatchState.SUBMITTED)
+    assert record.api_id == outcome.api_id and record.intent_at > time.time() - 3.0  # refreshed to the end
+    assert [b.id for b in client.beta.messages.batches.list()] == [outcome.api_id]
 
-    server, client = slow_link
-    monkeypatch.setattr(batch_io, "INTENT_REFRESH_SECONDS", 0.2)
-    ledger, other = _ledger(ledger_url, tmp_path), _ledger(ledger_url, tmp_path)
-    try:
-        plan = _big_batch(tmp_path, ledger)
-        watcher = OtherRun(other, grace_seconds=0.0)  # takes any intent it sees, as a stalled process would meet
-        watcher.start()
-        started = time.time()
-        outcome = batch_io.submit_batch(client, ledger, plan)
-        took = time.time() - started
-        watcher.stop.set()
-        watcher.join()
-        assert watcher.taken == 1
-        assert outcome.state == "skipped" and outcome.api_id is None and "another run" in (outcome.error or "")
-        assert took < 4.0, f"the upload went on after its intent was taken ({took:.1f} s)"
-        time.sleep(1.0)  # whatever the server would make of a body it got, it has made by now
-        assert list(client.beta.messages.batches.list()) == []  # nothing to pay for, nothing to find
-        # The intent is the other run's to resolve, as it left it; this run wrote nothing over it.
-        (record,) = ledger.batches_in_state(BatchState.UNKNOWN)
-        assert (record.id, record.api_id) == (outcome.local_id, None)
-        assert {r.state for r in ledger.requests_in_state(RequestState.SUBMITTING)} == {RequestState.SUBMITTING}
-        assert len(ledger.requests_in_state(RequestState.SUBMITTING)) == len(plan.requests)
-    finally:
-        ledger.close()
-        other.close()
+
+def test_an_upload_whose_intent_was_taken_over_stops_and_makes_no_batch(two_runs, tmp_path, slow_link):
+    (server, client), (ledger, other) = slow_link, two_runs
+    plan = _big_batch(tmp_path, ledger)
+    # The other run takes any intent it sees, as it would one whose process stalled past the grace.
+    outcome, took, watcher = _submit_beside(other, 0.0, client, ledger, plan)
+    assert watcher.taken == 1
+    assert outcome.state == "skipped" and outcome.api_id is None and "another run" in (outcome.error or "")
+    assert took < 4.0, f"the upload went on after its intent was taken ({took:.1f} s)"
+    time.sleep(1.0)  # whatever the server would make of a body it got, it has made by now
+    assert list(client.beta.messages.batches.list()) == []  # nothing to pay for, nothing to find
+    # The intent is the other run's to resolve, as it left it; this run wrote nothing over it.
+    (record,) = ledger.batches_in_state(BatchState.UNKNOWN)
+    assert (record.id, record.api_id) == (outcome.local_id, None)
+    assert len(ledger.requests_in_state(RequestState.SUBMITTING)) == len(plan.requests)
