@@ -336,6 +336,10 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
+# More rows than this, and the summary printed is the rows that are not complete, then the counts.
+SUMMARY_ROWS_PRINTED = 50
+
+
 def _print_summary(path: Path, data_dir: Path) -> None:
     import pandas as pd
 
@@ -343,12 +347,27 @@ def _print_summary(path: Path, data_dir: Path) -> None:
     if frame.empty:
         print("The inbox is empty: nothing to do.")
         return
-    show = frame[["source", "prompt", "status", "output_tokens", "cost_usd", "reason"]].copy()
+    shown = frame
+    if len(frame) > SUMMARY_ROWS_PRINTED:
+        # A big inbox: the rows that need a look, then the counts; every row is in the table.
+        needs_look = frame[frame["status"] != "complete"]
+        shown = needs_look.head(SUMMARY_ROWS_PRINTED)
+        if shown.empty:
+            print(f"{len(frame)} rows, every one complete.")
+            _print_counts(frame, path, data_dir)
+            return
+        some = f"the {len(shown)}" if len(shown) == len(needs_look) else f"the first {len(shown)} of {len(needs_look)}"
+        print(f"{len(frame)} rows; {some} not complete:")
+    show = shown[["source", "prompt", "status", "output_tokens", "cost_usd", "reason"]].copy()
     # Whole numbers, and "-" where there are none (an Int64 column prints <NA> whatever na_rep says).
     show["output_tokens"] = show["output_tokens"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
     show["source"] = _clip(show["source"], 48)
     show["reason"] = _clip(show["reason"], 70)
     print(show.to_string(index=False, na_rep="-"))
+    _print_counts(frame, path, data_dir)
+
+
+def _print_counts(frame: Any, path: Path, data_dir: Path) -> None:
     counts = frame["status"].value_counts()
     print("\n" + ", ".join(f"{v} {k}" for k, v in counts.items()) + f". Reports in {data_dir / 'reports'}; "
           f"table in {path}.")

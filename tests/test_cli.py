@@ -157,3 +157,25 @@ def test_budget_refusal_is_one_clear_line_and_sends_nothing(tmp_path):
     assert "over the budget" in proc.stderr and "Nothing was sent" in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
     assert not list((tmp_path / "simulator").glob("msgbatch_*.json"))
+
+
+def test_a_big_inbox_prints_the_rows_to_look_at_and_the_counts_not_every_row(tmp_path, corpus):
+    """Past SUMMARY_ROWS_PRINTED rows the terminal gets the documents that are not complete and
+    the counts; summary.csv keeps every row. (10,000 documents printed 10,000 lines.)"""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(57):
+        (inbox / f"minutes-{i:02d}.txt").write_text(f"Minutes of meeting {i}: the board approved item {i * 3}.\n")
+    (inbox / "empty.txt").write_text("")
+    shutil.copy(corpus / "pdf/broken_truncated_60pct_nist_sp800-223.pdf", inbox)
+    proc = run_cli("run", "--simulate", "--data-dir", str(tmp_path), "--max-output-tokens", "2000")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert "59 rows; the 2 not complete:" in lines
+    table = lines[lines.index("59 rows; the 2 not complete:") + 1:]
+    rows = [line for line in table if line.strip() and not line.lstrip().startswith("source")]
+    assert [r.split()[0] for r in rows[:2]] == ["broken_truncated_60pct_nist_sp800-223.pdf", "empty.txt"]
+    assert not any("minutes-" in line for line in lines)  # the complete ones are in the table only
+    assert "57 complete, 2 error." in proc.stdout
+    summary = pd.read_csv(tmp_path / "reports" / "summary.csv")
+    assert len(summary) == 59 and (summary["status"] == "complete").sum() == 57

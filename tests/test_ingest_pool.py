@@ -226,3 +226,29 @@ def test_an_unwritable_cache_only_costs_speed(inbox, tmp_path):
     blocker.write_text("a file where the cache directory should be")
     path = _paths(inbox)[0]
     assert read_document(path, inbox, cache_dir=blocker) == read_document(path, inbox)
+
+
+def test_ingest_tasks_take_up_to_a_thousand_files_and_big_files_close_a_task_sooner(tmp_path, corpus, monkeypatch):
+    """The flow's ingest tasks (flows/reading.py): every path once, in order; at most INGEST_CHUNK
+    files a task, and a task whose files pass INGEST_CHUNK_BYTES ends there (a big file alone
+    still makes a task). Entries that cannot be stat'ed are kept, for reading to say why."""
+    from flows import reading
+
+    small = tmp_path / "small"
+    small.mkdir()
+    paths = []
+    for i in range(2_345):
+        (small / f"note-{i:04d}.txt").write_text(f"Note {i}.")
+        paths.append(small / f"note-{i:04d}.txt")
+    chunks = list(reading.ingest_chunks(paths))
+    assert [len(c) for c in chunks] == [1_000, 1_000, 345] and [p for c in chunks for p in c] == paths
+
+    big = sorted((corpus / "pdf").glob("*.pdf"), key=lambda p: p.stat().st_size)[-3:]
+    cap = big[0].stat().st_size + big[1].stat().st_size  # the two smallest of these fit, all three do not
+    monkeypatch.setattr(reading, "INGEST_CHUNK_BYTES", cap)
+    gone = tmp_path / "vanished.txt"
+    mixed = [big[0], big[1], big[2], gone, *paths[:3]]
+    # The biggest is over the cap by itself: a task of its own, and the rest go on in the next.
+    assert list(reading.ingest_chunks(mixed)) == [[big[0], big[1]], [big[2]], [gone, *paths[:3]]]
+    monkeypatch.setattr(reading, "INGEST_CHUNK_BYTES", 1)
+    assert list(reading.ingest_chunks(big)) == [[big[0]], [big[1]], [big[2]]]
