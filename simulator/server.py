@@ -121,7 +121,7 @@ class _Handler(BaseHTTPRequestHandler):
         if got < length:
             raise _ClientGone(f"body ended after {got:,} of {length:,} bytes")
         try:
-            text = raw[:got].decode("utf-8") if got < length else raw.decode("utf-8")
+            text = raw.decode("utf-8")
             del raw
             return json.loads(text)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
