@@ -8,7 +8,7 @@ import argparse
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     _freeze_imports()
     sent_before = _requests_in_ledger(settings)
     with temporary_prefect_server():  # dies with this process, however it ends
-        result = process_documents(params)
-    _print_summary(Path(result["summary_csv"]), settings.data_dir)
+        summary_csv = summary_written_by(lambda: process_documents(params), settings.data_dir)
+    _print_summary(summary_csv, settings.data_dir)
     if _requests_in_ledger(settings) == sent_before:
         print("Nothing new to send: every document and prompt here was sent before (or cannot be, for the reason "
               "in its row). A changed document, prompt, model or output budget is sent as new work.")
@@ -104,6 +104,21 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("Submitted. Run `longbatch collect" + (" --simulate" if args.simulate else "")
               + "` later (or `longbatch status`) to gather the reports.")
     return 0
+
+
+def summary_written_by(run_flow: Callable[[], dict[str, Any]], data_dir: Path) -> Path:
+    """Run the flow; the summary.csv it wrote. A Prefect server may hand a run's final Completed
+    state back without its data (a state proposal sent again after the server stored it is
+    answered with the stored copy; seen once, under load, as Prefect's MissingResult): the run
+    finished, and its table is where a run always writes it. Any other ending raises as it was."""
+    from prefect.exceptions import MissingResult
+
+    try:
+        return Path(run_flow()["summary_csv"])
+    except MissingResult:
+        from tasks.reports import summary_csv_path
+
+        return summary_csv_path(data_dir)
 
 
 def _requests_in_ledger(settings: Any) -> int:
@@ -219,10 +234,11 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from longbatch.prefect_server import temporary_prefect_server
 
     with temporary_prefect_server():  # dies with this process, however it ends
-        result = collect_batches(data_dir=str(settings.data_dir), simulate=settings.simulate, wait=args.wait,
-                                 inbox=str(args.inbox) if args.inbox else None, project=args.project,
-                                 resend_canceled=args.resend_canceled)
-    _print_summary(Path(result["summary_csv"]), settings.data_dir)
+        summary_csv = summary_written_by(
+            lambda: collect_batches(data_dir=str(settings.data_dir), simulate=settings.simulate, wait=args.wait,
+                                    inbox=str(args.inbox) if args.inbox else None, project=args.project,
+                                    resend_canceled=args.resend_canceled), settings.data_dir)
+    _print_summary(summary_csv, settings.data_dir)
     return 0
 
 

@@ -245,8 +245,12 @@ def _cache_columns(model: str, results: list) -> dict[str, Any]:
     return {"cache_hit_rate": None if hit_rate is None else round(hit_rate, 4), "cache_saving_usd": round(saved, 6)}
 
 
+def summary_csv_path(data_dir: Path) -> Path:
+    return data_dir / "reports" / "summary.csv"
+
+
 def write_summary(ledger: Ledger, data_dir: Path) -> Path:
-    path = data_dir / "reports" / "summary.csv"
+    path = summary_csv_path(data_dir)
     frame = pd.DataFrame(summary_rows(ledger, data_dir), columns=SUMMARY_COLUMNS)
     for column in INT_COLUMNS:
         frame[column] = frame[column].astype("Int64")  # blanks stay blank, numbers stay whole
