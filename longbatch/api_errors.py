@@ -8,7 +8,7 @@ a batch create that is an unknown outcome, never a failure.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import anthropic
 import httpx2
@@ -16,18 +16,24 @@ import httpx2
 from longbatch.errors import ApiAuthError, ApiError, ApiResponseError, ApiUnreachableError
 from longbatch.redact import redact
 
+E = TypeVar("E", bound=BaseException)
+
 # Transport errors raised before a single byte of the request left this machine.
 _NEVER_CONNECTED = (httpx2.ConnectError, httpx2.ConnectTimeout, httpx2.UnsupportedProtocol, httpx2.InvalidURL)
 
 
+def wrapped(exc: BaseException, kind: type[E] | tuple[type[E], ...]) -> E | None:
+    """`exc`, or the first exception it wraps (the SDK raises its own errors `from` the
+    transport's), that is a `kind`; None when there is none."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, kind):
+        seen = seen.__cause__ or seen.__context__
+    return seen
+
+
 def never_connected(exc: BaseException) -> bool:
     """True when `exc` (or what it wraps) is a connection that never opened."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, _NEVER_CONNECTED):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+    return wrapped(exc, _NEVER_CONNECTED) is not None
 
 
 def api_url(client: anthropic.Anthropic) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import anthropic
 from anthropic.types.beta.messages import BetaMessageBatch
 
-from longbatch.api_errors import api_url, auth_failed, never_connected, unreachable, without_key
+from longbatch.api_errors import api_url, auth_failed, never_connected, unreachable, without_key, wrapped
 from longbatch.client import create_client
 from longbatch.errors import ApiResponseError, IncompleteDownloadError, WaitTimeoutError
 from longbatch.failpoints import failpoint
@@ -106,7 +106,7 @@ def _create(client: anthropic.Anthropic, ledger: Ledger, betas: tuple[str, ...],
             _unknown(ledger, local_id, f"unreadable answer to create: {exc.message}")
             raise _unreadable_create(client) from None
         except anthropic.APIConnectionError as exc:
-            taken = _taken_over(exc)
+            taken = wrapped(exc, IntentTakenOver)  # what stopped the upload, if it was that
             if taken is not None:
                 # The upload stopped short: nothing was made. The intent is the other run's now.
                 log.warning("%s", taken)
@@ -146,14 +146,6 @@ def _kept_alive(pieces: Iterator[bytes], ledger: Ledger, local_id: str) -> Itera
                     "sent; stopped before the body was whole, so no batch was made")
             refreshed = time.time()
         yield piece
-
-
-def _taken_over(exc: BaseException) -> IntentTakenOver | None:
-    """The IntentTakenOver the SDK's connection error wraps, if that is what stopped the upload."""
-    seen: BaseException | None = exc
-    while seen is not None and not isinstance(seen, IntentTakenOver):
-        seen = seen.__cause__ or seen.__context__
-    return seen
 
 
 def _created_fields(created: Any) -> tuple[str, float] | None:

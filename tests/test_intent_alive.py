@@ -15,8 +15,8 @@ import anthropic
 import httpx2
 import pytest
 
-from longbatch.ledger import Ledger
 from longbatch.catalog import get_model
+from longbatch.ledger import Ledger
 from longbatch.records import BatchState, NewRequest, RequestState
 from simulator.engine import SimConfig
 from simulator.server import SimulatorServer
@@ -109,7 +109,7 @@ def _submit_beside(other: Ledger, grace_seconds: float, client: anthropic.Anthro
 
 
 def test_a_slow_upload_keeps_its_intent_and_is_never_taken_for_abandoned(two_runs, tmp_path, slow_link):
-    (server, client), (ledger, other) = slow_link, two_runs
+    (_, client), (ledger, other) = slow_link, two_runs
     plan = _big_batch(tmp_path, ledger)
     outcome, took, watcher = _submit_beside(other, 3.0, client, ledger, plan)  # the upload takes twice that
     assert took > 4.0, f"the upload was not slow ({took:.1f} s): the test proves nothing"
@@ -121,7 +121,7 @@ def test_a_slow_upload_keeps_its_intent_and_is_never_taken_for_abandoned(two_run
 
 
 def test_an_upload_whose_intent_was_taken_over_stops_and_makes_no_batch(two_runs, tmp_path, slow_link):
-    (server, client), (ledger, other) = slow_link, two_runs
+    (_, client), (ledger, other) = slow_link, two_runs
     plan = _big_batch(tmp_path, ledger)
     # The other run takes any intent it sees, as it would one whose process stalled past the grace.
     outcome, took, watcher = _submit_beside(other, 0.0, client, ledger, plan)
