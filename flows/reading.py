@@ -6,7 +6,6 @@ On a Dask cluster (flows/dask.py) documents are read there, one task each.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from flows.dask import on_dask
 from longbatch.catalog import ModelSpec
 from longbatch.settings import Settings
 from tasks.ingest import Document, IngestFailure, display_name
-from tasks.ingest_pool import read_documents
+from tasks.ingest_pool import WorkerPool, read_documents, size_chunks, total_bytes
 from tasks.plan import Plan, Planner, planner_for
 from tasks.prompts import Prompt
 
@@ -35,11 +34,13 @@ KEEP_TEXT_BYTES = 64 * 2**20
 
 
 @task(name="ingest-and-plan", task_run_name="ingest-{label}", cache_policy=NO_CACHE)
-def ingest_and_plan_task(paths: list[Path], settings: Settings, planner: Planner, label: str) -> None:
-    """Read these documents (worker processes, the cache) and plan each as it arrives: the
-    planner keeps no document's text."""
+def ingest_and_plan_task(paths: list[Path], settings: Settings, planner: Planner, pool: WorkerPool,
+                         label: str) -> None:
+    """Read these documents (the run's worker processes, the cache) and plan each as it
+    arrives: the planner keeps no document's text."""
     planner.add(_warn_failures(read_documents(paths, settings.inbox_dir, settings.pdf_mode == "native",
-                                              settings.data_dir / "cache", follow_links=settings.follow_links)))
+                                              settings.data_dir / "cache", follow_links=settings.follow_links,
+                                              pool=pool)))
 
 
 @task(name="ingest-documents", task_run_name="ingest-{label}", cache_policy=NO_CACHE)
@@ -82,9 +83,10 @@ class Inbox:
         if self.cluster_items is not None:
             return plan_task(planner_for(prompts, model, self.settings, counts).add(self.cluster_items))
         planner = planner_for(prompts, model, self.settings, counts, keep_text_bytes=KEEP_TEXT_BYTES)
-        for chunk in ingest_chunks(self.paths):
-            label = chunk[0].name if len(chunk) == 1 else f"{chunk[0].name}-and-{len(chunk) - 1}-more"
-            ingest_and_plan_task(chunk, self.settings, planner, label)
+        with WorkerPool(run_bytes=total_bytes(self.paths)) as pool:  # started once for all the tasks
+            for chunk in ingest_chunks(self.paths):
+                label = chunk[0].name if len(chunk) == 1 else f"{chunk[0].name}-and-{len(chunk) - 1}-more"
+                ingest_and_plan_task(chunk, self.settings, planner, pool, label)
         return plan_task(planner)
 
     def documents(self, sources: set[str]) -> Iterator[Document]:
@@ -101,23 +103,9 @@ class Inbox:
 
 
 def ingest_chunks(paths: list[Path]) -> Iterator[list[Path]]:
-    """The paths in order, in chunks of at most INGEST_CHUNK files and, past the first file,
-    INGEST_CHUNK_BYTES of them (an entry that cannot be stat'ed counts as empty: reading it says
-    why)."""
-    chunk: list[Path] = []
-    size = 0
-    for path in paths:
-        try:
-            length = os.stat(path).st_size
-        except OSError:
-            length = 0
-        if chunk and (len(chunk) == INGEST_CHUNK or size + length > INGEST_CHUNK_BYTES):
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(path)
-        size += length
-    if chunk:
-        yield chunk
+    """The paths in order, in chunks of at most INGEST_CHUNK files and INGEST_CHUNK_BYTES."""
+    for chunk in size_chunks(paths, INGEST_CHUNK, INGEST_CHUNK_BYTES):
+        yield [paths[i] for i in chunk]
 
 
 def _warn_failures(items: Iterable[Document | IngestFailure]) -> Iterator[Document | IngestFailure]:

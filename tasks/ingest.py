@@ -113,21 +113,50 @@ def find_source(inbox: Path, source: str) -> Path:
     return next((p for p in discover(inbox) if display_name(p.relative_to(inbox).as_posix()) == source), direct)
 
 
+class RealPaths:
+    """Real paths of one inbox's entries, for a caller that checks many of them at once: each
+    folder's realpath is taken once, so an entry that is not itself a link costs one lstat
+    (10,000 small files: ~1 s less than a realpath each, which lstats every component)."""
+
+    def __init__(self, inbox: Path) -> None:
+        self.inbox = os.path.realpath(inbox)
+        self._inside = self.inbox if self.inbox.endswith(os.sep) else self.inbox + os.sep
+        self._folders: dict[str, str] = {}
+
+    def of(self, path: Path | str) -> str:
+        """os.path.realpath(path)."""
+        folder, name = os.path.split(path)
+        try:
+            is_link = stat.S_ISLNK(os.lstat(path).st_mode)
+        except OSError:
+            is_link = True  # gone: let realpath say what it can
+        if is_link or name in ("", ".", ".."):
+            return os.path.realpath(path)
+        real = self._folders.get(folder)
+        if real is None:
+            real = self._folders[folder] = os.path.realpath(folder)
+        return os.path.join(real, name)
+
+    def inside(self, real: str) -> bool:
+        """Whether a real path is the inbox or below it."""
+        return real == self.inbox or real.startswith(self._inside)
+
+
 def entry_problem(path: Path, inbox: Path, follow_links: bool = False,
-                  real_inbox: str | None = None) -> tuple[str, str] | None:
+                  real_paths: RealPaths | None = None) -> tuple[str, str] | None:
     """Why an inbox entry is not read as a document, as (category, reason); None for a regular
     file inside the inbox. Only what is in the inbox is read: a link that leads out of it is
     refused unless `follow_links`. Nothing is opened here, so a FIFO cannot block the run.
-    `real_inbox`: the inbox's realpath, when the caller checks many entries of it."""
+    `real_paths`: the inbox's, when the caller checks many entries of it."""
     try:
         st = os.stat(path)
     except OSError:
         if os.path.islink(path):
             return "broken_link", f"a link to {display_name(os.readlink(path))}, which does not exist"
         return None  # gone or unreadable: read_document says so
-    real = os.path.realpath(path)
-    inside = Path(real).is_relative_to(real_inbox or os.path.realpath(inbox))
-    if not inside and not follow_links:
+    real_paths = real_paths or RealPaths(inbox)
+    real = real_paths.of(path)
+    if not real_paths.inside(real) and not follow_links:
         kind = "folder" if stat.S_ISDIR(st.st_mode) else "file"
         return ("link_outside_inbox", f"a link to a {kind} outside the inbox ({display_name(real)}); not followed: "
                 "put the document itself in the inbox, or pass --follow-links to read what links point to")
@@ -156,13 +185,14 @@ def kind_of(path: Path) -> str | None:
 
 
 def read_document(path: Path, inbox: Path, native_pdf: bool = False, cache_dir: Path | None = None,
-                  follow_links: bool = False, real_inbox: str | None = None) -> Document | IngestFailure:
+                  follow_links: bool = False, real_paths: RealPaths | None = None) -> Document | IngestFailure:
     """`native_pdf`: the PDF itself will be sent (native mode), so a scan without a text layer
     is readable: the model sees the page images. `cache_dir`: what was read is kept there by
     content hash (tasks/ingest_cache.py), and an unchanged file is not read again.
-    `follow_links`, `real_inbox`: see `entry_problem`."""
+    `follow_links`, `real_paths`: see `entry_problem`."""
     rel = display_name(path.relative_to(inbox).as_posix())
-    problem = entry_problem(path, inbox, follow_links, real_inbox)
+    real_paths = real_paths or RealPaths(inbox)
+    problem = entry_problem(path, inbox, follow_links, real_paths)
     if problem:
         return IngestFailure(make_doc_id(rel, "0" * 64), rel, "", 0, *problem)
     try:
@@ -183,7 +213,7 @@ def read_document(path: Path, inbox: Path, native_pdf: bool = False, cache_dir: 
         found = _extract(data, kind, native_pdf)
         if cache:
             cache.put(sha, kind, mode, found)
-    return _assemble(path, rel, sha, len(data), found)
+    return _assemble(real_paths.of(path), rel, sha, len(data), found)
 
 
 def cached_sha256(path: Path, native_pdf: bool, cache_dir: Path | None) -> str | None:
@@ -202,8 +232,8 @@ def cached_sha256(path: Path, native_pdf: bool, cache_dir: Path | None) -> str |
     return sha if cache.path_for(sha, kind, _mode(kind, native_pdf)).is_file() else None
 
 
-def read_cached(path: Path, inbox: Path, sha256: str, native_pdf: bool,
-                cache_dir: Path | None) -> Document | IngestFailure | None:
+def read_cached(path: Path, inbox: Path, sha256: str, native_pdf: bool, cache_dir: Path | None,
+                real_paths: RealPaths | None = None) -> Document | IngestFailure | None:
     """The document with content `sha256` at `path`, from the cache; None if it is not there."""
     kind = kind_of(path)
     if cache_dir is None or kind is None:
@@ -216,7 +246,7 @@ def read_cached(path: Path, inbox: Path, sha256: str, native_pdf: bool,
         size = path.stat().st_size
     except OSError as exc:
         return _cannot_read(rel, exc)
-    return _assemble(path, rel, sha256, size, found)
+    return _assemble((real_paths or RealPaths(inbox)).of(path), rel, sha256, size, found)
 
 
 def _cache(cache_dir: Path | None, kind: str, size: int) -> IngestCache | None:
@@ -243,13 +273,12 @@ def _extract(data: bytes, kind: str, native_pdf: bool) -> Extract | Refusal:
     return Extract(kind, tuple(pages), cl100k_count(body), tuple(notes))
 
 
-def _assemble(path: Path, rel: str, sha: str, size: int, found: Extract | Refusal) -> Document | IngestFailure:
+def _assemble(real: str, rel: str, sha: str, size: int, found: Extract | Refusal) -> Document | IngestFailure:
     doc_id = make_doc_id(rel, sha)
     if isinstance(found, Refusal):
         return IngestFailure(doc_id, rel, sha, size, found.category, found.reason)
     body = _pdf_body(found.pages) if found.kind == "pdf" else found.pages[0]
-    return Document(doc_id, rel, found.kind, sha, size, found.pages, body, found.cl100k, found.notes,
-                    str(path.resolve()))
+    return Document(doc_id, rel, found.kind, sha, size, found.pages, body, found.cl100k, found.notes, real)
 
 
 def _pdf_body(pages) -> str:

@@ -80,6 +80,40 @@ def test_a_dying_worker_fails_its_document_only(inbox, always_pooled, monkeypatc
             assert item == read_document(path, inbox), path.name
 
 
+def _small_texts(folder: Path, n: int) -> list[Path]:
+    folder.mkdir()
+    for i in range(n):
+        (folder / f"note-{i:03d}.txt").write_text(f"Note {i}. " + "A short paragraph of minutes. " * (5 + i % 7))
+    return sorted(folder.iterdir())
+
+
+def test_small_files_go_to_a_worker_many_at_a_time_and_a_big_one_alone(tmp_path):
+    paths = _small_texts(tmp_path / "box", 100)
+    big = tmp_path / "box" / "note-049-big.txt"
+    big.write_bytes(b"x" * (ingest_pool.JOB_BYTES + 1))
+    paths = sorted(paths + [big, tmp_path / "box" / "note-050-gone.txt"])  # one that cannot be stat'ed
+    jobs = list(ingest_pool.size_chunks(paths, ingest_pool.JOB_FILES, ingest_pool.JOB_BYTES))
+    assert [i for job in jobs for i in job] == list(range(len(paths)))
+    # notes 0-48; the big one ("note-049-big" sorts before "note-049") alone; the rest, the gone one too
+    assert [len(job) for job in jobs] == [49, 1, 52]
+    assert paths[jobs[1][0]] == big
+    small = [p for p in paths if p != big][:70]
+    assert [len(job) for job in ingest_pool.size_chunks(small, ingest_pool.JOB_FILES, ingest_pool.JOB_BYTES)] == [64, 6]
+
+
+def test_a_worker_dying_in_a_job_of_many_small_files_fails_only_the_file_it_was_reading(tmp_path, always_pooled,
+                                                                                       monkeypatch):
+    inbox = tmp_path / "box"
+    paths = _small_texts(inbox, 150)
+    victim = paths[70]  # in the second job, with 63 others
+    monkeypatch.setenv("LONGBATCH_FAILPOINT", f"reading:{victim.name}")
+    got = list(read_documents(paths, inbox, workers=2))
+    monkeypatch.delenv("LONGBATCH_FAILPOINT")
+    assert [item.source for item in got] == [p.name for p in paths]
+    assert isinstance(got[70], IngestFailure) and "killed by signal 9" in got[70].reason
+    assert all(item == read_document(p, inbox) for p, item in zip(paths, got, strict=True) if p != victim)
+
+
 def test_small_jobs_and_one_worker_read_in_process(inbox, monkeypatch):
     # The failpoint only exists in workers: with none started, nothing dies.
     monkeypatch.setenv("LONGBATCH_FAILPOINT", f"reading:{_paths(inbox)[0].name}")
