@@ -181,8 +181,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
     is_step = frame["part"] != ""
     show["source"] = _clip(frame["source"], 48).where(~is_step, "  " + _clip(frame["covers"], 46))
     show["batch"] = show["batch"].where(~frame["piece"].isin(["merge", "final"]), "after parts")
-    print(show.to_string(index=False, na_rep="-"))
-    notes = frame[~is_step & ((frame["status"] != "ready") | frame["parts"].notna())][["source", "reason"]]
+    noted = ~is_step & ((frame["status"] != "ready") | frame["parts"].notna())
+    if len(frame) > SUMMARY_ROWS_PRINTED:
+        # A big inbox: what is not sent, and what may cost the most; every row is in plan.csv.
+        not_sent = ~is_step & (frame["status"] != "ready")
+        dearest = frame["max_cost_usd"].where(~is_step & ~not_sent).nlargest(PLAN_DEAREST_PRINTED).index
+        some = "none" if not not_sent.any() else (
+            f"the {not_sent.sum()}" if not_sent.sum() <= SUMMARY_ROWS_PRINTED else f"the first {SUMMARY_ROWS_PRINTED}")
+        print(f"{len(frame)} rows (every one in {out}); {some} not sent:")
+        if not_sent.any():
+            print(show[not_sent].head(SUMMARY_ROWS_PRINTED).to_string(index=False, na_rep="-"))
+        if len(dearest):
+            print(f"\nThe {len(dearest)} that may cost the most:")
+            print(show.loc[dearest].to_string(index=False, na_rep="-"))
+        noted &= not_sent & (not_sent.cumsum() <= SUMMARY_ROWS_PRINTED)
+    else:
+        print(show.to_string(index=False, na_rep="-"))
+    notes = frame[noted][["source", "reason"]]
     if not notes.empty:
         print("\nNotes:")
         for _, r in notes.iterrows():
@@ -352,8 +367,10 @@ def _age(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-# More rows than this, and the summary printed is the rows that are not complete, then the counts.
+# More rows than this, and the summary printed is the rows that are not complete, then the counts
+# (`plan`: the rows that are not sent, and the PLAN_DEAREST_PRINTED that may cost the most).
 SUMMARY_ROWS_PRINTED = 50
+PLAN_DEAREST_PRINTED = 10
 
 
 def _print_summary(path: Path, data_dir: Path) -> None:

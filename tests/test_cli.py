@@ -179,3 +179,25 @@ def test_a_big_inbox_prints_the_rows_to_look_at_and_the_counts_not_every_row(tmp
     assert "57 complete, 2 error." in proc.stdout
     summary = pd.read_csv(tmp_path / "reports" / "summary.csv")
     assert len(summary) == 59 and (summary["status"] == "complete").sum() == 57
+
+
+def test_a_big_plan_prints_what_is_not_sent_and_what_may_cost_the_most_not_every_row(tmp_path, corpus):
+    """`plan` past SUMMARY_ROWS_PRINTED rows: the rows not sent, the ten that may cost the most,
+    the totals; plan.csv keeps every row with its cost."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(57):  # the later, the longer: minutes-56 may cost the most
+        (inbox / f"minutes-{i:02d}.txt").write_text(f"Minutes of meeting {i}. " + "The board approved it. " * i)
+    (inbox / "empty.txt").write_text("")
+    shutil.copy(corpus / "pdf/broken_truncated_60pct_nist_sp800-223.pdf", inbox)
+    proc = run_cli("plan", "--data-dir", str(tmp_path), "--max-output-tokens", "2000")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"59 rows (every one in {tmp_path / 'plan.csv'}); the 2 not sent:"
+    assert [line.split()[0] for line in lines[2:4]] == ["broken_truncated_60pct_nist_sp800-223.pdf", "empty.txt"]
+    dearest = lines[lines.index("The 10 that may cost the most:") + 2:][:10]
+    assert [line.split()[0] for line in dearest] == [f"minutes-{i:02d}.txt" for i in range(56, 46, -1)]
+    assert not any(line.startswith("minutes-00.txt") for line in lines)
+    assert "57 request(s) in 1 batch(es)" in proc.stdout
+    plan = pd.read_csv(tmp_path / "plan.csv")
+    assert len(plan) == 59 and plan["max_cost_usd"].notna().all()
