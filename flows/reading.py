@@ -7,6 +7,7 @@ On a Dask cluster (flows/dask.py) documents are read there, one task each.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import closing
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -38,9 +39,10 @@ def ingest_and_plan_task(paths: list[Path], settings: Settings, planner: Planner
                          label: str) -> None:
     """Read these documents (the run's worker processes, the cache) and plan each as it
     arrives: the planner keeps no document's text."""
-    planner.add(_warn_failures(read_documents(paths, settings.inbox_dir, settings.pdf_mode == "native",
-                                              settings.data_dir / "cache", follow_links=settings.follow_links,
-                                              pool=pool)))
+    reading = read_documents(paths, settings.inbox_dir, settings.pdf_mode == "native", settings.data_dir / "cache",
+                             follow_links=settings.follow_links, pool=pool)
+    with closing(reading):  # planning failed: its workers stop now, not when the traceback goes
+        planner.add(_warn_failures(reading))
 
 
 @task(name="ingest-documents", task_run_name="ingest-{label}", cache_policy=NO_CACHE)

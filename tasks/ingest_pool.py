@@ -21,7 +21,7 @@ import pickle
 import selectors
 import subprocess
 import sys
-from collections import deque
+import heapq
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -62,6 +62,7 @@ class WorkerPool:
         self.size = workers or default_workers()
         self.run_bytes = run_bytes
         self.idle: list[_Worker] = []
+        self.closed = False
 
     def wanted(self, files: int, read_bytes: int) -> bool:
         return self.size > 1 and files >= POOL_MIN_FILES and (
@@ -79,8 +80,11 @@ class WorkerPool:
 
     def give_back(self, workers: list[_Worker]) -> None:
         self.idle += workers
+        if self.closed:  # a read that ended after its pool (a generator closed late): none may linger
+            self.close()
 
     def close(self) -> None:
+        self.closed = True
         for worker in self.idle:
             worker.stop()
         self.idle = []
@@ -198,7 +202,9 @@ def size_chunks(paths: list[Path], max_files: int, max_bytes: int) -> Iterator[l
 def _read_in_workers(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir: Path | None,
                      pool: WorkerPool, follow_links: bool = False) -> Iterator[Document | IngestFailure]:
     args = (inbox, native_pdf, cache_dir, follow_links)
-    queue = deque(size_chunks(paths, JOB_FILES, JOB_BYTES))  # small files together, a big one alone
+    # Jobs to send, first index first: a dead job's files, read again one by one, go before
+    # every later job, so the document the caller waits for is always sent or being read.
+    queue = [(job[0], job) for job in size_chunks(paths, JOB_FILES, JOB_BYTES)]  # small files together
     open_jobs = AHEAD_PER_WORKER * pool.size  # jobs sent whose documents are not all yielded yet
     sent: list[list[int]] = []
     done: dict[int, Document | IngestFailure] = {}
@@ -209,8 +215,9 @@ def _read_in_workers(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir
     try:
         while yielded < len(paths):
             sent = [job for job in sent if job[-1] >= yielded]
-            while idle and queue and len(sent) < open_jobs:
-                worker, job = idle.pop(), queue.popleft()
+            # Past `open_jobs` only when nothing is being read: waiting then would wait forever.
+            while idle and queue and (len(sent) < open_jobs or not busy):
+                worker, (_, job) = idle.pop(), heapq.heappop(queue)
                 worker.send(job, [paths[i] for i in job], args)
                 selector.register(worker.proc.stdout, selectors.EVENT_READ, worker)
                 busy.append(worker)
@@ -219,6 +226,8 @@ def _read_in_workers(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir
                 yield done.pop(yielded)
                 yielded += 1
                 continue
+            if not busy:  # never: every document is read, queued or being read
+                raise RuntimeError(f"ingest lost track of {paths[yielded]}")
             for key, _ in selector.select():
                 worker = key.data
                 selector.unregister(key.fileobj)
@@ -232,7 +241,8 @@ def _read_in_workers(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir
                         done[job[0]] = _died(paths[job[0]], inbox, worker.proc)
                     else:  # which one killed it is not known: each is read again on its own
                         sent = [j for j in sent if j is not job]
-                        queue.extendleft([i] for i in reversed(job))
+                        for i in job:
+                            heapq.heappush(queue, (i, [i]))
                     worker.job = None
                     worker.stop()
                     idle.append(_Worker())

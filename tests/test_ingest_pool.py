@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -112,6 +114,41 @@ def test_a_worker_dying_in_a_job_of_many_small_files_fails_only_the_file_it_was_
     assert [item.source for item in got] == [p.name for p in paths]
     assert isinstance(got[70], IngestFailure) and "killed by signal 9" in got[70].reason
     assert all(item == read_document(p, inbox) for p, item in zip(paths, got, strict=True) if p != victim)
+
+
+def test_two_jobs_dying_one_after_the_other_do_not_stop_the_read(tmp_path, always_pooled, monkeypatch):
+    # The second job dies while the first one's files are read again one by one: its own files
+    # must wait behind those, or the jobs sent ahead fill up with later documents and the read
+    # waits for a worker that reads nothing (it hung so before).
+    inbox = tmp_path / "box"
+    paths = _small_texts(inbox, 400)
+    victims = {paths[0], paths[73]}  # in the first job and the second
+    monkeypatch.setenv("LONGBATCH_FAILPOINT", "|".join(f"reading:{p.name}" for p in victims))
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(read_documents(paths, inbox, workers=2)), daemon=True)
+    reader.start()
+    reader.join(timeout=120)
+    assert not reader.is_alive(), f"the read hung after {len(got)} of {len(paths)} documents"
+    assert [item.source for item in got] == [p.name for p in paths]
+    assert {p.name for p, item in zip(paths, got) if isinstance(item, IngestFailure)} == {p.name for p in victims}
+
+
+def test_a_read_closed_after_its_pool_leaves_no_worker_running(tmp_path, always_pooled):
+    inbox = tmp_path / "box"
+    paths = _small_texts(inbox, 70)  # two jobs, one each: both workers are idle once the first is yielded
+    before = _workers_running()
+    with ingest_pool.WorkerPool(2) as pool:
+        reader = read_documents(paths, inbox, pool=pool)
+        next(reader)  # an ingest task raised here, its suspended read kept alive by the traceback
+    reader.close()  # closed only later, when the traceback goes
+    assert _workers_running() - before == set()
+
+
+def _workers_running() -> set[int]:
+    """This process's ingest workers still running."""
+    out = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "tasks.ingest_worker"], capture_output=True,
+                         text=True)
+    return {int(pid) for pid in out.stdout.split()}
 
 
 def test_small_jobs_and_one_worker_read_in_process(inbox, monkeypatch):
