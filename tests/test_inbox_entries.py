@@ -16,6 +16,7 @@ from longbatch.catalog import get_model
 from tasks.build import serialise
 from tasks import ingest
 from tasks.ingest import Document, IngestFailure, discover, read_document
+from tasks.ingest_pool import read_documents
 from tasks.plan import FAILED, READY, make_plan
 from tasks.prompts import load_prompts
 
@@ -84,6 +85,22 @@ def test_a_link_leaving_the_inbox_is_refused_without_reading_its_target(tmp_path
     assert os.stat(secret).st_atime == before  # not read
     rows = _plan(items, inbox).rows
     assert [r.status for r in rows] == [FAILED, FAILED] and "outside the inbox" in rows[0].reason
+
+
+def test_a_folder_swapped_for_a_link_out_during_a_read_is_refused(tmp_path):
+    # Folders' real paths are kept for the whole read: one replaced by a link meanwhile must
+    # not let the next file in it through as if it were still in the inbox.
+    inbox, outside = tmp_path / "inbox", tmp_path / "outside"
+    (inbox / "sub").mkdir(parents=True), outside.mkdir()
+    _write(inbox / "sub", b"a.txt"), _write(inbox / "sub", b"b.txt")
+    _write(outside, b"b.txt", "SECRET " + TEXT)
+    reader = read_documents(sorted((inbox / "sub").iterdir()), inbox)
+    first = next(reader)
+    (inbox / "sub").rename(tmp_path / "moved")
+    (inbox / "sub").symlink_to(outside)
+    second = next(reader)
+    assert isinstance(first, Document) and first.source == "sub/a.txt"
+    assert isinstance(second, IngestFailure) and second.category == "link_outside_inbox"
 
 
 def test_follow_links_reads_what_links_point_to_when_asked(tmp_path):
