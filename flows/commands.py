@@ -185,16 +185,19 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if len(frame) > SUMMARY_ROWS_PRINTED:
         # A big inbox: what is not sent, and what may cost the most; every row is in plan.csv.
         not_sent = ~is_step & (frame["status"] != "ready")
-        dearest = frame["max_cost_usd"].where(~is_step & ~not_sent).nlargest(PLAN_DEAREST_PRINTED).index
-        some = "none" if not not_sent.any() else (
-            f"the {not_sent.sum()}" if not_sent.sum() <= SUMMARY_ROWS_PRINTED else f"the first {SUMMARY_ROWS_PRINTED}")
-        print(f"{len(frame)} rows (every one in {out}); {some} not sent:")
-        if not_sent.any():
+        # Only rows that are sent (pandas 3 keeps NaN in nlargest when there are too few others).
+        dearest = frame.loc[~is_step & ~not_sent, "max_cost_usd"].dropna().nlargest(PLAN_DEAREST_PRINTED).index
+        if not not_sent.any():
+            print(f"{len(frame)} rows (every one in {out}); every one is ready to send.")
+        else:
+            some = f"the {not_sent.sum()}" if not_sent.sum() <= SUMMARY_ROWS_PRINTED else \
+                f"the first {SUMMARY_ROWS_PRINTED}"
+            print(f"{len(frame)} rows (every one in {out}); {some} not sent:")
             print(show[not_sent].head(SUMMARY_ROWS_PRINTED).to_string(index=False, na_rep="-"))
         if len(dearest):
             print(f"\nThe {len(dearest)} that may cost the most:")
             print(show.loc[dearest].to_string(index=False, na_rep="-"))
-        noted &= not_sent & (not_sent.cumsum() <= SUMMARY_ROWS_PRINTED)
+        noted &= (not_sent & (not_sent.cumsum() <= SUMMARY_ROWS_PRINTED)) | frame.index.isin(dearest)
     else:
         print(show.to_string(index=False, na_rep="-"))
     notes = frame[noted][["source", "reason"]]

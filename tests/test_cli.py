@@ -201,3 +201,36 @@ def test_a_big_plan_prints_what_is_not_sent_and_what_may_cost_the_most_not_every
     assert "57 request(s) in 1 batch(es)" in proc.stdout
     plan = pd.read_csv(tmp_path / "plan.csv")
     assert len(plan) == 59 and plan["max_cost_usd"].notna().all()
+
+
+@pytest.mark.parametrize("sent", [3, 0])
+def test_a_big_plan_of_mostly_unsendable_rows_names_only_sent_ones_as_dearest(tmp_path, sent):
+    # Fewer than ten rows that are sent: those alone may cost the most, never an empty file.
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(55):
+        (inbox / f"empty-{i:02d}.txt").write_text("")
+    for i in range(sent):
+        (inbox / f"minutes-{i}.txt").write_text(f"Minutes of meeting {i}. " + "The board approved it. " * 20)
+    proc = run_cli("plan", "--data-dir", str(tmp_path), "--max-output-tokens", "2000")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"{55 + sent} rows (every one in {tmp_path / 'plan.csv'}); the first 50 not sent:"
+    if sent:
+        dearest = lines[lines.index(f"The {sent} that may cost the most:") + 2:][:sent]
+        assert sorted(line.split()[0] for line in dearest) == [f"minutes-{i}.txt" for i in range(sent)]
+    else:
+        assert not any("may cost the most" in line for line in lines)
+    assert "Notes:" in lines and sum(line.startswith("  empty-") for line in lines) == 50
+
+
+def test_a_big_plan_with_every_row_sendable_says_so(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i in range(52):
+        (inbox / f"minutes-{i:02d}.txt").write_text(f"Minutes of meeting {i}. " + "The board approved it. " * i)
+    proc = run_cli("plan", "--data-dir", str(tmp_path), "--max-output-tokens", "2000")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"52 rows (every one in {tmp_path / 'plan.csv'}); every one is ready to send."
+    assert lines[lines.index("The 10 that may cost the most:") + 2].split()[0] == "minutes-51.txt"
