@@ -123,7 +123,7 @@ class RealPaths:
     def __init__(self, inbox: Path) -> None:
         self.inbox = os.path.realpath(inbox)
         self._inside = self.inbox if self.inbox.endswith(os.sep) else self.inbox + os.sep
-        self._folders: dict[str, tuple[str, int, int]] = {}
+        self._folders: dict[str, tuple[str, tuple[int, int]]] = {}  # real, identity
 
     def of(self, path: Path | str) -> str:
         """os.path.realpath(path)."""
@@ -135,11 +135,12 @@ class RealPaths:
             is_link = True  # gone: let realpath say what it can
         if is_link or name in ("", ".", ".."):
             return os.path.realpath(path)
-        known = self._folders.get(folder)
-        if known is None or (known[1], known[2]) != (here.st_dev, here.st_ino):
+        identity = (here.st_dev, here.st_ino)
+        real, known = self._folders.get(folder, (None, None))
+        if real is None or known != identity:
             real = os.path.realpath(folder)
-            known = self._folders[folder] = (real, here.st_dev, here.st_ino)
-        return os.path.join(known[0], name)
+            self._folders[folder] = (real, identity)
+        return os.path.join(real, name)
 
     def inside(self, real: str) -> bool:
         """Whether a real path is the inbox or below it."""

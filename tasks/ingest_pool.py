@@ -16,12 +16,12 @@ workers (~0.5 s to import PDFium and the tokenizer) would cost more than it save
 
 from __future__ import annotations
 
+import heapq
 import os
 import pickle
 import selectors
 import subprocess
 import sys
-import heapq
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -204,6 +204,7 @@ def _read_in_workers(paths: list[Path], inbox: Path, native_pdf: bool, cache_dir
     args = (inbox, native_pdf, cache_dir, follow_links)
     # Jobs to send, first index first: a dead job's files, read again one by one, go before
     # every later job, so the document the caller waits for is always sent or being read.
+    # Made in order, the list is already a heap.
     queue = [(job[0], job) for job in size_chunks(paths, JOB_FILES, JOB_BYTES)]  # small files together
     open_jobs = AHEAD_PER_WORKER * pool.size  # jobs sent whose documents are not all yielded yet
     sent: list[list[int]] = []
