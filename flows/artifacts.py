@@ -2,6 +2,8 @@
 
 Every run of `process_documents` and `collect_batches` publishes, from `reports/summary.csv`:
 - a table, one row per document and prompt (status, reason, model, tokens, cost, report path);
+  past ~3,000 rows the keyed one holds what fits in a server event (those that did not
+  complete first) and the run carries every row in unkeyed tables of that size;
 - a Markdown summary: counts by status, tokens and cost, each document that did not complete
   with its reason, and where the reports are (path and host);
 - while waiting, a progress artifact (batches ended of total, requests, elapsed, expiry),
@@ -16,6 +18,7 @@ is logged and never fails a run whose results were paid for.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import re
@@ -45,6 +48,13 @@ NOT_A_FAILURE = {"complete", "pending", "planned"}
 
 TABLE_COLUMNS = ["document", "prompt", "status", "reason", "model", "input_tokens", "output_tokens", "cost_usd",
                  "report"]
+
+# The Prefect server announces a keyed artifact with an event that carries its data, and refuses
+# events over PREFECT_SERVER_EVENTS_MAXIMUM_SIZE_BYTES (1.5 MB by default): a table of 10,000
+# rows (2.8 MB) was stored, but its event was dropped ("Refusing to publish event of size
+# 2849647"). A keyed artifact's data stays under this, as the event spells it (JSON in JSON),
+# leaving room for the rest of the event. Unkeyed artifacts have no such event.
+KEYED_ARTIFACT_BYTES = 1_000_000
 
 
 def artifact_key(data_dir: Path, kind: str) -> str:
@@ -113,6 +123,44 @@ def table_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
+def event_bytes(value: Any) -> int:
+    """The size of `value` as an artifact's data in the server's event: the artifact stores it
+    as a JSON string, and the event is JSON again (every quote escaped)."""
+    return len(json.dumps(json.dumps(value)))
+
+
+def table_pages(rows: list[dict[str, Any]], limit: int = KEYED_ARTIFACT_BYTES) -> list[list[dict[str, Any]]]:
+    """`rows` in order, cut into pages whose data stays under `limit` bytes in an event. One
+    page when they all fit; a row bigger than `limit` on its own is a page of its own."""
+    empty = event_bytes([])
+    pages: list[list[dict[str, Any]]] = [[]]
+    size = empty
+    for row in rows:
+        cost = event_bytes(row)  # its two outer quotes stand for the ", " between rows
+        if pages[-1] and size + cost > limit:
+            pages.append([])
+            size = empty
+        pages[-1].append(row)
+        size += cost
+    return pages
+
+
+def needing_a_look_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows that did not complete first (failed, refused, pending ...), each lot in order."""
+    return [r for r in rows if r["status"] != "complete"] + [r for r in rows if r["status"] == "complete"]
+
+
+def _bounded(lines: list[str], budget: int, more: str) -> list[str]:
+    """`lines` while they fit in `budget` characters; the rest counted in one last line."""
+    kept, size = [], 0
+    for line in lines:
+        if size + len(line) + 1 > budget:
+            return kept + [more.format(n=len(lines) - len(kept))]
+        kept.append(line)
+        size += len(line) + 1
+    return kept
+
+
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|#])")
 
 
@@ -126,6 +174,12 @@ def _code(text: Any) -> str:
     text = " ".join(str(text).split())
     fence = "``" if "`" in text else "`"
     return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
+
+
+# Each list of the Markdown summary is cut here, so that the whole stays under
+# KEYED_ARTIFACT_BYTES even if every character of it were escaped in the event.
+MARKDOWN_LIST_CHARS = 200_000
+_MORE = "- … and {n:,} more: every one is in `summary.csv`, with its reason"
 
 
 def summary_markdown(frame: pd.DataFrame, data_dir: Path, title: str, host: str | None = None) -> str:
@@ -142,22 +196,23 @@ def summary_markdown(frame: pd.DataFrame, data_dir: Path, title: str, host: str 
     problems = frame[~frame["status"].isin(NOT_A_FAILURE)]
     if not problems.empty:
         lines += [f"## Did not complete ({len(problems)})", ""]
-        for r in problems.to_dict("records"):
-            lines.append(f"- **{_md(r['source'])}** ({_md(r['prompt'])}): {r['status']} — "
-                         f"{_md(_clean(r.get('reason')) or 'no reason recorded')}")
+        lines += _bounded([f"- **{_md(r['source'])}** ({_md(r['prompt'])}): {r['status']} — "
+                           f"{_md(_clean(r.get('reason')) or 'no reason recorded')}"
+                           for r in problems.to_dict("records")], MARKDOWN_LIST_CHARS, _MORE)
         lines.append("")
     pending = frame[frame["status"].isin({"pending", "planned"})]
     if not pending.empty:
         lines += [f"## Still in progress ({len(pending)})", "",
                   "Their batches are still running; the collector deployment (or `longbatch collect`) "
                   "writes their reports when they end.", ""]
-        lines += [f"- **{_md(r['source'])}** ({_md(r['prompt'])}): {_md(_clean(r.get('reason')) or r['status'])}"
-                  for r in pending.to_dict("records")]
+        lines += _bounded([f"- **{_md(r['source'])}** ({_md(r['prompt'])}): "
+                           f"{_md(_clean(r.get('reason')) or r['status'])}"
+                           for r in pending.to_dict("records")], MARKDOWN_LIST_CHARS, _MORE)
         lines.append("")
     lines += ["## Where the reports are", "",
               f"On host {_code(host)}, in {_code(data_dir / 'reports')}: one folder per document, "
               "`<prompt>.md` with its `<prompt>.json` beside it. The table of every document is "
-              f"{_code(data_dir / 'reports' / 'summary.csv')} (and this run's table artifact).", ""]
+              f"{_code(data_dir / 'reports' / 'summary.csv')} (and this run's table artifacts).", ""]
     return "\n".join(lines)
 
 
@@ -170,13 +225,40 @@ def publish_run_artifacts(summary_csv: Path, data_dir: Path, title: str) -> RunO
 
     frame = read_summary(summary_csv)
     outcome = outcome_of(frame)
-    _publish(lambda: create_table_artifact(
-        table=table_rows(frame), key=artifact_key(data_dir, "documents"),
-        description=f"{title}: one row per document and prompt ({outcome.message})"))
+    rows = table_rows(frame)
+    pages = table_pages(rows)
+    if len(pages) == 1:
+        _publish(lambda: create_table_artifact(
+            table=rows, key=artifact_key(data_dir, "documents"),
+            description=f"{title}: one row per document and prompt ({outcome.message})"))
+    else:
+        _publish_pages(rows, pages, data_dir, title, outcome)
     _publish(lambda: create_markdown_artifact(
         markdown=summary_markdown(frame, data_dir, title), key=artifact_key(data_dir, "summary"),
         description=f"{title}: {outcome.message}"))
     return outcome
+
+
+def _publish_pages(rows: list[dict[str, Any]], pages: list[list[dict[str, Any]]], data_dir: Path, title: str,
+                   outcome: RunOutcome) -> None:
+    """A table too big for one announced artifact: the keyed one (its history on the Artifacts
+    page) holds as many rows as fit, those that did not complete first; every row is in this
+    run's unkeyed tables, a page each, in summary.csv's order."""
+    from prefect.artifacts import create_table_artifact
+
+    shown = table_pages(needing_a_look_first(rows))[0]
+    _publish(lambda: create_table_artifact(
+        table=shown, key=artifact_key(data_dir, "documents"),
+        description=(f"{title}: {len(shown):,} of {len(rows):,} rows, those that did not complete first "
+                     f"({outcome.message}). Every row is in reports/summary.csv and in this run's {len(pages)} "
+                     f"tables \"documents, rows … of {len(rows):,}\" (the run's Artifacts tab)")))
+    first = 1
+    for page in pages:
+        last = first + len(page) - 1
+        _publish(lambda page=page, first=first, last=last: create_table_artifact(
+            table=page, description=f"{title}: documents, rows {first:,}–{last:,} of {len(rows):,}, "
+                                    "in summary.csv's order"))
+        first = last + 1
 
 
 def _publish(create: Callable[[], Any]) -> Any:

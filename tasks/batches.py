@@ -298,6 +298,19 @@ def poll_round(client: anthropic.Anthropic, ledger: Ledger) -> list[BatchStatus]
     return statuses
 
 
+# How late an ended batch may be seen, as a share of the time already waited: a batch that
+# took 20 minutes is seen within 2 more, one that took 20 seconds within the first interval.
+POLL_LATENESS = 0.1
+
+
+def poll_interval(waited: float, initial: float, maximum: float) -> float:
+    """Seconds to the next look after `waited` seconds: `initial` at first, then a tenth of the
+    time waited, never more than `maximum`. A growing interval that multiplied itself each round
+    (2, 3, 4.5, 6.75 ...) saw a batch ending at 14 s only at 16 s, and one ending at 27 s at 40 s;
+    this keeps that lateness under 10 % for the same number of looks over a day."""
+    return max(initial, min(maximum, waited * POLL_LATENESS))
+
+
 def wait_for_batches(
     client: anthropic.Anthropic,
     ledger: Ledger,
@@ -306,25 +319,26 @@ def wait_for_batches(
     timeout: float,
     on_progress: Callable[[list[BatchStatus]], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[BatchStatus]:
-    """Poll every submitted batch until all have ended or `timeout` passes; the interval
-    grows by half each round up to `maximum`."""
-    deadline = time.monotonic() + timeout
-    interval = initial
+    """Poll every submitted batch until all have ended or `timeout` passes, at `poll_interval`."""
+    start = clock()
+    deadline = start + timeout
     while True:
         statuses = poll_round(client, ledger)
         if on_progress:
             on_progress(statuses)
         if all(st.status == "ended" for st in statuses):
             return statuses
-        if time.monotonic() + interval > deadline:
+        now = clock()
+        interval = poll_interval(now - start, initial, maximum)
+        if now + interval > deadline:
             pending = [st.record.api_id for st in statuses if st.status != "ended"]
             raise WaitTimeoutError(
                 f"{len(pending)} batch(es) still running after {timeout:.0f} s: {', '.join(map(str, pending))}. "
                 "They go on server-side; run `longbatch collect` later to finish the job."
             )
         sleep(interval)
-        interval = min(interval * 1.5, maximum)
 
 
 def _alive(pid: int) -> bool:

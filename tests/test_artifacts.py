@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,12 +16,16 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 
 from flows.artifacts import (
     RunOutcome,
+    KEYED_ARTIFACT_BYTES,
     WaitReporter,
     WaitState,
     artifact_key,
+    event_bytes,
     outcome_of,
+    publish_run_artifacts,
     read_summary,
     summary_markdown,
+    table_pages,
     table_rows,
 )
 from flows.process import RunParameters, collect_batches, process_documents
@@ -172,6 +177,95 @@ def test_table_rows_turn_blank_cells_into_nulls(tmp_path):
     assert table_rows(read_summary(csv)) == [{
         "document": "a.pdf", "prompt": "report", "status": "error", "reason": "corrupt", "model": None,
         "input_tokens": None, "output_tokens": None, "cost_usd": None, "report": None}]
+
+
+def collection_events(key: str, timeout: float = 20.0) -> list:
+    """The server's events announcing the artifact collection `key` (written to its event
+    store a moment after the artifact is)."""
+    from prefect.events.filters import EventFilter, EventResourceFilter
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with get_client(sync_client=True) as client:
+            page = client.read_events(EventFilter(resource=EventResourceFilter(
+                id_prefix=["prefect.artifact-collection."], labels={"prefect.resource.name": key})), limit=50)
+        found = [e for e in page.events if e.resource.get("prefect.resource.name") == key]
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.5)
+
+
+def test_a_table_of_12000_documents_is_announced_and_every_row_is_on_the_run(tmp_path):
+    """The server refuses events over 1.5 MB, and a keyed artifact's event carries its data: a
+    whole 12,000-row table (3.4 MB) was stored but never announced. The keyed table holds what
+    fits, the rows that did not complete first; every row is in the run's unkeyed pages."""
+    data_dir = tmp_path / "big data"
+    rows = []
+    for i in range(12_000):
+        failed = i % 1_000 == 999
+        rows.append({"source": f"annual reports/holding-{i:05d} \"FY2025\".pdf", "prompt": "report",
+                     "status": "failed" if failed else "complete",
+                     "reason": f"invalid_request_error: the request for part {i} was refused" if failed else None,
+                     "model": "claude-sonnet-4-6", "input_tokens": 150_000 + i, "output_tokens": 40_000,
+                     "cost_usd": 0.825, "report": f"reports/holding-{i:05d}/claude-sonnet-4-6/report.md"})
+    (data_dir / "reports").mkdir(parents=True)
+    csv = data_dir / "reports" / "summary.csv"
+    frame(rows).to_csv(csv, index=False)
+
+    @flow(name="publish-a-big-table")
+    def publish() -> None:
+        publish_run_artifacts(csv, data_dir, "longbatch run")
+
+    state = publish(return_state=True)
+    assert state.is_completed()
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
+            state.state_details.flow_run_id])))
+    tables = [a for a in found if a.type == "table"]
+    keyed = [a for a in tables if a.key == artifact_key(data_dir, "documents")]
+    pages = sorted((a for a in tables if a.key is None), key=lambda a: int(a.description.split("rows ")[1]
+                                                                            .split("–")[0].replace(",", "")))
+    assert len(keyed) == 1 and len(pages) >= 3
+
+    # Every row, once, in summary.csv's order, across the pages; each page under the limit.
+    paged = [r for page in pages for r in json.loads(page.data)]
+    assert [r["document"] for r in paged] == [r["source"] for r in rows]
+    assert all(event_bytes(json.loads(page.data)) <= KEYED_ARTIFACT_BYTES for page in pages)
+    assert "rows 1–" in pages[0].description and f"of {len(rows):,}" in pages[-1].description
+
+    shown = json.loads(keyed[0].data)
+    assert 1_000 < len(shown) < len(rows)
+    assert [r["status"] for r in shown[:12]] == ["failed"] * 12 and shown[12]["status"] == "complete"
+    assert f"{len(shown):,} of 12,000 rows" in keyed[0].description
+
+    # The server announced both keyed artifacts: no event was refused for its size.
+    assert collection_events(artifact_key(data_dir, "documents"))
+    assert collection_events(artifact_key(data_dir, "summary"))
+
+
+def test_a_summary_of_many_failures_lists_what_fits_and_counts_the_rest(tmp_path):
+    f = frame([{"source": f"contract-{i:05d}.pdf", "prompt": "report", "status": "error",
+                "reason": "encrypted: the PDF needs a password to be read " + "x" * 40} for i in range(20_000)])
+    text = summary_markdown(f, tmp_path, "longbatch run", host="h")
+    assert "## Did not complete (20000)" in text
+    listed = [line for line in text.splitlines() if line.startswith("- **contract-")]
+    assert 1_000 < len(listed) < 20_000
+    assert listed[0].startswith("- **contract-00000.pdf**")
+    assert f"- … and {20_000 - len(listed):,} more: every one is in `summary.csv`" in text
+    assert event_bytes(text) <= KEYED_ARTIFACT_BYTES
+    few = summary_markdown(f.head(3), tmp_path, "longbatch run", host="h")
+    assert "more: every one" not in few and few.count("- **contract-") == 3
+
+
+def test_table_pages_keep_order_and_stay_under_the_limit():
+    rows = [{"document": f"d{i}", "reason": "r" * (i % 50)} for i in range(500)]
+    pages = table_pages(rows, limit=2_000)
+    assert [r for p in pages for r in p] == rows
+    assert all(event_bytes(p) <= 2_000 for p in pages) and len(pages) > 5
+    assert table_pages(rows[:3], limit=2_000) == [rows[:3]]
+    huge = [{"document": "x" * 5_000}]
+    assert table_pages(huge + rows[:2], limit=2_000) == [huge, rows[:2]]  # a row too big is a page alone
+    assert table_pages([]) == [[]]
 
 
 def status(api_id: str, state: str, created_at: float, **counts: int) -> BatchStatus:
