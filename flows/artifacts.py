@@ -110,13 +110,25 @@ def _clean(value: Any) -> Any:
     return value
 
 
+# A reason longer than this is cut in the UI's table (summary.csv keeps it whole): no one reads
+# more in a table cell, and no single row may outgrow a keyed artifact's event.
+TABLE_REASON_CHARS = 2_000
+
+
+def _cut(text: Any, limit: int) -> Any:
+    if isinstance(text, str) and len(text) > limit:
+        return text[:limit] + " … (cut here; whole in summary.csv)"
+    return text
+
+
 def table_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """One row per document and prompt, in summary.csv's order."""
     rows = []
     for record in frame.to_dict("records"):
         rows.append({
-            "document": record["source"], "prompt": record["prompt"], "status": record["status"],
-            "reason": _clean(record.get("reason")), "model": _clean(record.get("model")),
+            "document": _clean(record["source"]), "prompt": _clean(record["prompt"]),
+            "status": _clean(record["status"]),
+            "reason": _cut(_clean(record.get("reason")), TABLE_REASON_CHARS), "model": _clean(record.get("model")),
             "input_tokens": _clean(record.get("input_tokens")), "output_tokens": _clean(record.get("output_tokens")),
             "cost_usd": _clean(record.get("cost_usd")), "report": _clean(record.get("report")),
         })
@@ -151,13 +163,16 @@ def needing_a_look_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _bounded(lines: list[str], budget: int, more: str) -> list[str]:
-    """`lines` while they fit in `budget` characters; the rest counted in one last line."""
+    """`lines` while they fit in `budget` bytes of an event; the rest counted in one last line.
+    `event_bytes` is charged, not characters: it is never less than what the server writes
+    (an emoji is 4 bytes there, a control character 6), whatever the text holds."""
     kept, size = [], 0
     for line in lines:
-        if size + len(line) + 1 > budget:
+        cost = event_bytes(line) + 4  # and the line break, escaped twice
+        if size + cost > budget:
             return kept + [more.format(n=len(lines) - len(kept))]
         kept.append(line)
-        size += len(line) + 1
+        size += cost
     return kept
 
 
@@ -176,9 +191,9 @@ def _code(text: Any) -> str:
     return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
 
 
-# Each list of the Markdown summary is cut here, so that the whole stays under
-# KEYED_ARTIFACT_BYTES even if every character of it were escaped in the event.
-MARKDOWN_LIST_CHARS = 200_000
+# Each of the Markdown summary's two lists is cut at this many bytes of the event, so that the
+# whole stays under KEYED_ARTIFACT_BYTES.
+MARKDOWN_LIST_BYTES = 450_000
 _MORE = "- … and {n:,} more: every one is in `summary.csv`, with its reason"
 
 
@@ -198,7 +213,7 @@ def summary_markdown(frame: pd.DataFrame, data_dir: Path, title: str, host: str 
         lines += [f"## Did not complete ({len(problems)})", ""]
         lines += _bounded([f"- **{_md(r['source'])}** ({_md(r['prompt'])}): {r['status']} — "
                            f"{_md(_clean(r.get('reason')) or 'no reason recorded')}"
-                           for r in problems.to_dict("records")], MARKDOWN_LIST_CHARS, _MORE)
+                           for r in problems.to_dict("records")], MARKDOWN_LIST_BYTES, _MORE)
         lines.append("")
     pending = frame[frame["status"].isin({"pending", "planned"})]
     if not pending.empty:
@@ -207,7 +222,7 @@ def summary_markdown(frame: pd.DataFrame, data_dir: Path, title: str, host: str 
                   "writes their reports when they end.", ""]
         lines += _bounded([f"- **{_md(r['source'])}** ({_md(r['prompt'])}): "
                            f"{_md(_clean(r.get('reason')) or r['status'])}"
-                           for r in pending.to_dict("records")], MARKDOWN_LIST_CHARS, _MORE)
+                           for r in pending.to_dict("records")], MARKDOWN_LIST_BYTES, _MORE)
         lines.append("")
     lines += ["## Where the reports are", "",
               f"On host {_code(host)}, in {_code(data_dir / 'reports')}: one folder per document, "
@@ -221,31 +236,30 @@ def summary_markdown(frame: pd.DataFrame, data_dir: Path, title: str, host: str 
 def publish_run_artifacts(summary_csv: Path, data_dir: Path, title: str) -> RunOutcome:
     """Publish the table and the Markdown summary of `summary_csv`; return the counts and cost
     (for the final state's message) even when the Prefect API cannot take the artifacts."""
-    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+    from prefect.artifacts import create_markdown_artifact
 
     frame = read_summary(summary_csv)
     outcome = outcome_of(frame)
-    rows = table_rows(frame)
-    pages = table_pages(rows)
-    if len(pages) == 1:
-        _publish(lambda: create_table_artifact(
-            table=rows, key=artifact_key(data_dir, "documents"),
-            description=f"{title}: one row per document and prompt ({outcome.message})"))
-    else:
-        _publish_pages(rows, pages, data_dir, title, outcome)
+    _publish(lambda: _publish_table(frame, data_dir, title, outcome))
     _publish(lambda: create_markdown_artifact(
         markdown=summary_markdown(frame, data_dir, title), key=artifact_key(data_dir, "summary"),
         description=f"{title}: {outcome.message}"))
     return outcome
 
 
-def _publish_pages(rows: list[dict[str, Any]], pages: list[list[dict[str, Any]]], data_dir: Path, title: str,
-                   outcome: RunOutcome) -> None:
-    """A table too big for one announced artifact: the keyed one (its history on the Artifacts
-    page) holds as many rows as fit, those that did not complete first; every row is in this
-    run's unkeyed tables, a page each, in summary.csv's order."""
+def _publish_table(frame: pd.DataFrame, data_dir: Path, title: str, outcome: RunOutcome) -> None:
+    """One keyed table of every row while it fits in an announced artifact. Past that, the
+    keyed one (its history on the Artifacts page) holds as many rows as fit, those that did not
+    complete first, and every row is in this run's unkeyed tables, a page each, in summary.csv's
+    order."""
     from prefect.artifacts import create_table_artifact
 
+    rows = table_rows(frame)
+    pages = table_pages(rows)
+    if len(pages) == 1:
+        create_table_artifact(table=rows, key=artifact_key(data_dir, "documents"),
+                              description=f"{title}: one row per document and prompt ({outcome.message})")
+        return
     shown = table_pages(needing_a_look_first(rows))[0]
     _publish(lambda: create_table_artifact(
         table=shown, key=artifact_key(data_dir, "documents"),

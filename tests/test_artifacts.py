@@ -253,8 +253,25 @@ def test_a_summary_of_many_failures_lists_what_fits_and_counts_the_rest(tmp_path
     assert listed[0].startswith("- **contract-00000.pdf**")
     assert f"- … and {20_000 - len(listed):,} more: every one is in `summary.csv`" in text
     assert event_bytes(text) <= KEYED_ARTIFACT_BYTES
+    # Whatever the names hold: emoji (4 bytes each in the server's event), control characters
+    # (6 bytes each there), CJK, backslashes and quotes; failures and pending lists both full.
+    for odd in ("\U0001F4C4" * 200, "\x01" * 100, "年度报告" * 50, "\\" * 100 + '"' * 100):
+        rows = [{"source": f"{odd}-{i}.pdf", "prompt": "report", "status": status, "reason": odd * 4}
+                for i in range(3_000) for status in ("error", "pending")]
+        text = summary_markdown(frame(rows), tmp_path, "longbatch run", host="h")
+        assert event_bytes(text) <= KEYED_ARTIFACT_BYTES and "more: every one is in" in text
     few = summary_markdown(f.head(3), tmp_path, "longbatch run", host="h")
     assert "more: every one" not in few and few.count("- **contract-") == 3
+
+
+def test_a_reason_of_megabytes_is_cut_in_the_table_and_kept_whole_in_the_csv(tmp_path):
+    csv = tmp_path / "summary.csv"
+    reason = "invalid_request_error: " + "the model said no. " * 100_000
+    frame([{"source": "a.pdf", "prompt": "report", "status": "failed", "reason": reason}]).to_csv(csv, index=False)
+    (row,) = table_rows(read_summary(csv))
+    assert row["reason"].startswith(reason[:2_000]) and row["reason"].endswith("whole in summary.csv)")
+    assert event_bytes([row]) < 10_000 and len(table_pages([row])) == 1
+    assert read_summary(csv)["reason"][0] == reason
 
 
 def test_table_pages_keep_order_and_stay_under_the_limit():

@@ -30,6 +30,7 @@ def test_the_interval_starts_at_the_initial_one_and_never_passes_the_maximum():
     assert poll_interval(100.0, 2.0, 60.0) == pytest.approx(10.0)
     assert poll_interval(10_000.0, 2.0, 60.0) == 60.0
     assert poll_interval(5.0, 0.1, 0.5) == 0.5  # the tests' fast polling stays fast
+    assert poll_interval(0.0, 5.0, 1.0) == 1.0  # a maximum set below the initial interval wins
 
 
 def test_a_day_long_wait_looks_about_once_a_minute_not_more():
