@@ -306,8 +306,9 @@ POLL_LATENESS = 0.1
 def poll_interval(waited: float, initial: float, maximum: float) -> float:
     """Seconds to the next look after `waited` seconds: `initial` at first, then a tenth of the
     time waited, never more than `maximum`. A growing interval that multiplied itself each round
-    (2, 3, 4.5, 6.75 ...) saw a batch ending at 14 s only at 16 s, and one ending at 27 s at 40 s;
-    this keeps that lateness under 10 % for the same number of looks over a day."""
+    (2, 3, 4.5, 6.75 ...) saw a batch ending at 14 s only at 16.25 s, and one ending at 27 s at
+    41.6 s; this keeps that lateness under 10 % for about as many looks over a day (1,477
+    against 1,448)."""
     return min(maximum, max(initial, waited * POLL_LATENESS))  # a maximum below initial wins, as it did
 
 
