@@ -27,12 +27,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import pandas as pd
-
 from tasks.batches import BatchStatus
+
+if TYPE_CHECKING:  # pandas is imported when a summary is read: ~0.4 s off every command's start
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ class RunOutcome:
 
 
 def read_summary(summary_csv: Path) -> pd.DataFrame:
+    import pandas as pd
+
     return pd.read_csv(summary_csv, dtype={"source": str, "prompt": str, "status": str, "reason": str,
                                            "report": str})
 

@@ -9,6 +9,8 @@ is made in the stages under tasks/.
 from __future__ import annotations
 
 import datetime
+import importlib
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -112,6 +114,9 @@ def reconcile_task(client: anthropic.Anthropic, ledger: Ledger, settings: Settin
 @task(name="wait-for-batches", cache_policy=NO_CACHE)
 def wait_task(client: anthropic.Anthropic, ledger: Ledger, settings: Settings) -> None:
     logger = get_run_logger()
+    # The summary at the end needs pandas (~0.4-0.8 s to import): import it while this thread
+    # sleeps between polls rather than after the last batch ends.
+    threading.Thread(target=importlib.import_module, args=("pandas",), name="import-pandas", daemon=True).start()
     last: list[str] = []
     report_wait = WaitReporter(settings.data_dir, logger.info)  # progress artifact + heartbeat
 

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from longbatch.cache import batch_cost_usd as cached_cost_usd
 from longbatch.cache import cache_figures, saving_usd
 from longbatch.catalog import get_model
@@ -251,6 +249,8 @@ def summary_csv_path(data_dir: Path) -> Path:
 
 def write_summary(ledger: Ledger, data_dir: Path) -> Path:
     path = summary_csv_path(data_dir)
+    import pandas as pd  # here, not at import: see flows/artifacts.py
+
     frame = pd.DataFrame(summary_rows(ledger, data_dir), columns=SUMMARY_COLUMNS)
     for column in INT_COLUMNS:
         frame[column] = frame[column].astype("Int64")  # blanks stay blank, numbers stay whole

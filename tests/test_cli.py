@@ -74,6 +74,16 @@ def test_plan_without_a_key_imports_neither_the_sdk_nor_prefect(tmp_path, corpus
         assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_the_run_s_modules_leave_pandas_for_the_summary():
+    """pandas (~0.4-0.8 s to import) is needed only for the summary, which the wait imports it
+    ahead of: importing the flow and everything it reads with must not import it."""
+    code = ("import sys, flows.process, flows.artifacts, tasks.reports, longbatch.prefect_server; "
+            "print('pandas' in sys.modules, 'prefect' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, env=cli_env())
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "True"]
+
+
 def test_run_against_a_standalone_simulator_like_the_real_api(tmp_path, corpus, standalone_simulator):
     url, state = standalone_simulator
     data_dir = tmp_path / "data"
