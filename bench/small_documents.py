@@ -16,7 +16,9 @@ N distinct text documents of a few KB go into a temporary inbox. One simulator
 
 Printed: wall time and CPU seconds (this process for bare, the run's process tree for longbatch),
 the ratio, the "Subscription queue is full" lines in the run's output, and the load average.
-`--profile FILE` runs the CLI under cProfile and prints where its time went.
+`--profile FILE` runs the CLI under cProfile and prints where its time went. `--floor` also runs
+both sides on ONE document: the fixed cost of a run (imports, the flow run's start and end, one
+poll), so that what each document adds is seen apart from it.
 """
 
 from __future__ import annotations
@@ -187,6 +189,11 @@ def main() -> None:
                     help="let the CLI start its own Prefect server (its startup is then in the figure)")
     ap.add_argument("--save-output", type=Path, help="write the run's output (and the Prefect server's) here")
     ap.add_argument("--profile", type=Path, help="run the CLI under cProfile, write the stats here, print them")
+    ap.add_argument("--workdir", type=Path,
+                    help="make the inbox and data dir under this folder (default: the system's temp folder); "
+                         "file creation in a busy /tmp can cost 10x more than elsewhere on the same disk")
+    ap.add_argument("--floor", action="store_true",
+                    help="also run both sides on one document: the fixed cost of a run, and each document's cost past it")
     args = ap.parse_args()
 
     # A Prefect home of its own: no lock contention with other Prefect users of this machine.
@@ -195,7 +202,7 @@ def main() -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; cores: {os.cpu_count()}")
-    with tempfile.TemporaryDirectory(prefix="lb-small-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="lb-small-", dir=args.workdir) as tmp:
         data_dir = Path(tmp) / "data"
         make_inbox(data_dir / "inbox", args.docs, args.doc_bytes)
         sim, url = start_simulator(args.processing_seconds, args.output_tokens)
@@ -210,6 +217,12 @@ def main() -> None:
                       "(the same path as a script: interpreter, imports, cl100k loaded, then the path)")
                 l_wall, l_cpu, out, rc = longbatch_run(data_dir, url, args.max_output_tokens, args.poll,
                                                        prefect_url, args.profile)
+                if args.floor:
+                    one_dir = Path(tmp) / "one"
+                    make_inbox(one_dir / "inbox", 1, args.doc_bytes)
+                    f_bare = bare_path(one_dir / "inbox", url, args.max_output_tokens, args.poll)[0]
+                    f_wall, _, f_out, f_rc = longbatch_run(one_dir, url, args.max_output_tokens, args.poll,
+                                                           prefect_url, None)
         finally:
             sim.terminate()
             sim.wait()
@@ -224,6 +237,13 @@ def main() -> None:
         print(f"ratio longbatch / bare path: {l_wall / b_wall:.2f}x wall, {l_cpu / max(b_cpu, 1e-9):.1f}x CPU; "
               f"per document {1000 * l_wall / args.docs:.2f} ms vs {1000 * b_wall / args.docs:.2f} ms")
         print(f"ratio longbatch / bare script: {l_wall / s_wall:.2f}x wall, {l_cpu / max(s_cpu, 1e-9):.1f}x CPU")
+        if args.floor:
+            print(f"one document (the fixed cost of a run): longbatch {f_wall:.2f} s, bare path {f_bare:.2f} s, exit {f_rc}; "
+                  f"past it, each further document: {1000 * (l_wall - f_wall) / max(args.docs - 1, 1):.2f} ms vs "
+                  f"{1000 * (b_wall - f_bare) / max(args.docs - 1, 1):.2f} ms "
+                  f"({(l_wall - f_wall) / max(b_wall - f_bare, 1e-9):.2f}x)")
+            if f_rc != 0:
+                print(f_out[-3000:])
         print(f'"Subscription queue is full" lines: {dropped} (topics: {", ".join(topics) or "none"}); log lines in the run\'s output: {out.count(chr(10))}')
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         if rc != 0:
