@@ -248,9 +248,9 @@ def summary_csv_path(data_dir: Path) -> Path:
 
 
 def write_summary(ledger: Ledger, data_dir: Path) -> Path:
-    path = summary_csv_path(data_dir)
     import pandas as pd  # here, not at import: see flows/artifacts.py
 
+    path = summary_csv_path(data_dir)
     frame = pd.DataFrame(summary_rows(ledger, data_dir), columns=SUMMARY_COLUMNS)
     for column in INT_COLUMNS:
         frame[column] = frame[column].astype("Int64")  # blanks stay blank, numbers stay whole
