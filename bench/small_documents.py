@@ -18,7 +18,9 @@ Printed: wall time and CPU seconds (this process for bare, the run's process tre
 the ratio, the "Subscription queue is full" lines in the run's output, and the load average.
 `--profile FILE` runs the CLI under cProfile and prints where its time went. `--floor` also runs
 both sides on ONE document: the fixed cost of a run (imports, the flow run's start and end, one
-poll), so that what each document adds is seen apart from it.
+poll), so that what each document adds is seen apart from it. `--with-files` also runs the bare path
+writing each result to files laid out as longbatch's reports (a folder per document and model, the
+text and a JSON, each written to a temporary file and renamed): what the files alone cost here.
 """
 
 from __future__ import annotations
@@ -80,8 +82,13 @@ def start_simulator(processing_seconds: float, output_tokens: int) -> tuple[subp
     raise RuntimeError("the simulator did not start")
 
 
-def bare_path(inbox: Path, url: str, max_tokens: int, poll: float) -> tuple[float, float, int]:
-    """Read, count, one create, poll, stream the results. Returns (wall, cpu, results)."""
+def bare_path(inbox: Path, url: str, max_tokens: int, poll: float,
+              reports: Path | None = None) -> tuple[float, float, int]:
+    """Read, count, one create, poll, stream the results. Returns (wall, cpu, results).
+    `reports`: also write each result as longbatch lays its reports out, with the same atomic
+    writes (a folder per document and model; the text, then its usage as JSON, each through a
+    temporary file and a rename). The files are the one output the bare path otherwise skips
+    that costs per document on the disk, not in Python: this prices them on this disk, now."""
     import anthropic
     import tiktoken
 
@@ -101,8 +108,23 @@ def bare_path(inbox: Path, url: str, max_tokens: int, poll: float) -> tuple[floa
     while batch.processing_status != "ended":
         time.sleep(poll)
         batch = client.beta.messages.batches.retrieve(batch.id)
-    n = sum(1 for _ in client.beta.messages.batches.results(batch.id))
+    n = 0
+    for result in client.beta.messages.batches.results(batch.id):
+        n += 1
+        if reports is not None and result.result.type == "succeeded":
+            folder = reports / result.custom_id / MODEL
+            folder.mkdir(parents=True, exist_ok=True)
+            message = result.result.message
+            write_replacing(folder / "report.md", "".join(b.text for b in message.content if b.type == "text"))
+            write_replacing(folder / "report.json", message.usage.model_dump_json(indent=2))
     return time.perf_counter() - start, time.process_time() - cpu0, n
+
+
+def write_replacing(path: Path, text: str) -> None:
+    """A temporary file beside `path`, then a rename over it: no reader sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def bare_script(inbox: Path, url: str, max_tokens: int, poll: float) -> tuple[float, float, int]:
@@ -192,6 +214,9 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path,
                     help="make the inbox and data dir under this folder (default: the system's temp folder); "
                          "file creation in a busy /tmp can cost 10x more than elsewhere on the same disk")
+    ap.add_argument("--with-files", action="store_true",
+                    help="also run the bare path writing each result to files laid out as longbatch's reports: "
+                         "what the report files alone cost on this disk")
     ap.add_argument("--floor", action="store_true",
                     help="also run both sides on one document: the fixed cost of a run, and each document's cost past it")
     args = ap.parse_args()
@@ -212,6 +237,11 @@ def main() -> None:
                 b_wall, b_cpu, n = bare_path(data_dir / "inbox", url, args.max_output_tokens, args.poll)
                 print(f"bare path:  {b_wall:7.2f} s wall, {b_cpu:6.2f} s CPU, {n} results "
                       "(in this process; imports and client made before the clock)")
+                if args.with_files:
+                    w_wall, w_cpu, n = bare_path(data_dir / "inbox", url, args.max_output_tokens, args.poll,
+                                                 Path(tmp) / "bare-reports")
+                    print(f"bare + files:{w_wall:6.2f} s wall, {w_cpu:6.2f} s CPU, {n} results "
+                          "(the bare path again, writing each result to a report file and its JSON)")
                 s_wall, s_cpu, n = bare_script(data_dir / "inbox", url, args.max_output_tokens, args.poll)
                 print(f"bare script:{s_wall:7.2f} s wall, {s_cpu:6.2f} s CPU, {n} results "
                       "(the same path as a script: interpreter, imports, cl100k loaded, then the path)")
@@ -237,6 +267,9 @@ def main() -> None:
         print(f"ratio longbatch / bare path: {l_wall / b_wall:.2f}x wall, {l_cpu / max(b_cpu, 1e-9):.1f}x CPU; "
               f"per document {1000 * l_wall / args.docs:.2f} ms vs {1000 * b_wall / args.docs:.2f} ms")
         print(f"ratio longbatch / bare script: {l_wall / s_wall:.2f}x wall, {l_cpu / max(s_cpu, 1e-9):.1f}x CPU")
+        if args.with_files:
+            print(f"ratio longbatch / bare + files: {l_wall / w_wall:.2f}x wall; the files cost the bare path "
+                  f"{1000 * (w_wall - b_wall) / args.docs:.2f} ms a document")
         if args.floor:
             print(f"one document (the fixed cost of a run): longbatch {f_wall:.2f} s, bare path {f_bare:.2f} s, exit {f_rc}; "
                   f"past it, each further document: {1000 * (l_wall - f_wall) / max(args.docs - 1, 1):.2f} ms vs "
