@@ -15,11 +15,14 @@ from typing import Any
 import anthropic
 from prefect import flow
 
+from flows import heartbeats
 from longbatch.api import check_api_access, open_api
 from longbatch.errors import ConfigError
 from longbatch.ledger import Ledger
 from longbatch.records import BatchState
 from longbatch.settings import Settings
+
+heartbeats.install()  # a flow run ends when its work does, not up to 1 s later
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,7 @@ from pydantic import Field
 
 from flows.artifacts import WaitReporter, publish_run_artifacts
 from flows.cancel import resend_canceled as resend_canceled_requests
+from flows import heartbeats
 from flows.parameters import RunParameters
 from flows.reading import Inbox
 from longbatch.api import check_api_access, model_from_api, open_api
@@ -50,6 +51,8 @@ from tasks.rebuild import queued_requests
 from tasks.recover import recover_from_reports
 from tasks.reduce import advance_reductions
 from tasks.reports import write_summary
+
+heartbeats.install()  # a flow run ends when its work does, not up to 1 s later
 
 __all__ = ["RunParameters", "collect_batches", "process_documents"]
 

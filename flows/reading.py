@@ -14,12 +14,15 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from flows.dask import on_dask
+from flows import heartbeats
 from longbatch.catalog import ModelSpec
 from longbatch.settings import Settings
 from tasks.ingest import Document, IngestFailure, display_name
 from tasks.ingest_pool import WorkerPool, read_documents, size_chunks, total_bytes
 from tasks.plan import Plan, Planner, planner_for
 from tasks.prompts import Prompt
+
+heartbeats.install()  # a flow run ends when its work does, not up to 1 s later
 
 # Documents per ingest task: Prefect's ~25 ms a task stays off the per-document path at
 # thousands of documents (10,000 small ones: 4.9 s in tasks of 200, 3.8 s in tasks of 1,000),
