@@ -11,7 +11,7 @@ import anthropic
 
 from longbatch.api_errors import list_models
 from longbatch.catalog import ModelSpec, get_model, refreshed_catalog
-from longbatch.client import make_client
+from longbatch.client import api_key, make_client
 from longbatch.settings import Settings
 from longbatch.transient import tolerate_transient
 
@@ -24,7 +24,7 @@ SIMULATED_KEY = "simulated-no-key-needed"
 def check_api_access(settings: Settings) -> None:
     """Fail before anything is created when there is no way to reach an API."""
     if not settings.simulate:
-        make_client(settings)  # raises MissingApiKeyError with what to do
+        api_key(settings)  # raises MissingApiKeyError with what to do
 
 
 @contextlib.contextmanager
