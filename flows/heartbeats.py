@@ -1,10 +1,11 @@
 """Flow-run heartbeats that stop the moment the run ends.
 
 On a lasting Prefect server (a deployment's worker, `serve`, PREFECT_API_URL) each flow run sends
-heartbeats from a thread, so that the server can tell a run whose process died. Prefect 3.8.8
-(also 3.9.1, and its main branch of 2026-08-21) sleeps that thread in steps of `time.sleep(1)` and
-joins it when the run ends: every run waited 0-1 s after its work was done (0.8 s of a 7.5 s run
-of 1,000 small documents, measured with py-spy). `install()` puts in Prefect's place the same
+heartbeats from a thread, so that the server can tell a run whose process died (on by default,
+every 180 s, since PrefectHQ/prefect#21058). Prefect 3.8.8 (also 3.9.1, and its main branch of
+2026-08-21) sleeps that thread in steps of `time.sleep(1)` and joins it when the run ends (the
+loop of PrefectHQ/prefect#19641): every run waited 0-1 s after its work was done (0.8 s of a 7.5 s
+run of 1,000 small documents, measured with py-spy). `install()` puts in Prefect's place the same
 heartbeats, sent at the same times, from a thread that waits on the stop event instead, so the
 join returns at once. Where Prefect's engine no longer has the parts this relies on, Prefect's
 own is left in place: slower, never wrong.
