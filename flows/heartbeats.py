@@ -14,6 +14,7 @@ own is left in place: slower, never wrong.
 from __future__ import annotations
 
 import contextvars
+import inspect
 import threading
 from collections.abc import Generator
 from contextlib import contextmanager
@@ -30,12 +31,14 @@ def install() -> bool:
     if getattr(engine_module, "_send_heartbeats", None) is send_heartbeats:
         return True
     engine_class = getattr(engine_module, "BaseFlowRunEngine", None)
-    if (not hasattr(engine_module, "_send_heartbeats") or engine_class is None
+    theirs = getattr(engine_module, "_send_heartbeats", None)
+    if (theirs is None or engine_class is None
+            or list(inspect.signature(theirs).parameters) != ["engine", "join_on_exit"]
             or not all(hasattr(engine_class, name) for name in _REQUIRED)
             or not hasattr(engine_module, "MINIMUM_HEARTBEAT_INTERVAL")):
-        return False
+        return False  # a Prefect whose heartbeats changed shape: keep its own
     global prefects_own
-    prefects_own = engine_module._send_heartbeats
+    prefects_own = theirs
     engine_module._send_heartbeats = send_heartbeats
     return True
 

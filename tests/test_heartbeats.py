@@ -91,3 +91,18 @@ def test_a_run_with_heartbeats_off_starts_no_thread():
         run_id, ours = teardown_seconds()
     assert ours < 0.5
     assert heartbeats_of(run_id, timeout=3) == []
+
+
+def test_a_prefect_whose_heartbeats_changed_shape_keeps_its_own():
+    heartbeats.install()
+    ours = engine_module._send_heartbeats
+
+    def changed(engine, join_on_exit=True, grace_seconds=2.0):  # noqa: ANN001, ARG001 - a future Prefect's
+        raise AssertionError("never called here")
+
+    engine_module._send_heartbeats = changed
+    try:
+        assert heartbeats.install() is False
+        assert engine_module._send_heartbeats is changed
+    finally:
+        engine_module._send_heartbeats = ours
