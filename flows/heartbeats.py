@@ -28,10 +28,10 @@ def install() -> bool:
     """Use `send_heartbeats` for every flow run in this process. True when it is in place."""
     import prefect.flow_engine as engine_module
 
-    if getattr(engine_module, "_send_heartbeats", None) is send_heartbeats:
+    theirs = getattr(engine_module, "_send_heartbeats", None)
+    if theirs is send_heartbeats:
         return True
     engine_class = getattr(engine_module, "BaseFlowRunEngine", None)
-    theirs = getattr(engine_module, "_send_heartbeats", None)
     if (theirs is None or engine_class is None
             or list(inspect.signature(theirs).parameters) != ["engine", "join_on_exit"]
             or not all(hasattr(engine_class, name) for name in _REQUIRED)

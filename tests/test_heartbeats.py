@@ -5,7 +5,6 @@ The session's Prefect test harness is a real server with Prefect's default heart
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 
 import prefect.flow_engine as engine_module
 from prefect import flow, get_client
@@ -29,16 +28,6 @@ def teardown_seconds() -> tuple[str, float]:
     """Run the flow; how long its run took to end after its work was done."""
     run_id, work_done = work_then_end(WORK_SECONDS)
     return run_id, time.monotonic() - work_done
-
-
-@contextmanager
-def prefects_own_heartbeats():
-    ours = engine_module._send_heartbeats
-    engine_module._send_heartbeats = heartbeats.prefects_own
-    try:
-        yield
-    finally:
-        engine_module._send_heartbeats = ours
 
 
 def heartbeats_of(run_id: str, timeout: float = 20.0) -> list:
@@ -73,12 +62,12 @@ def test_a_run_on_a_lasting_server_sends_its_heartbeat_and_ends_without_waiting_
     assert any(r.id.startswith("prefect.flow.") for r in beats[0].related)  # the same event as Prefect's
 
 
-def test_prefects_own_heartbeats_still_hold_the_end_of_a_run():
+def test_prefects_own_heartbeats_still_hold_the_end_of_a_run(monkeypatch):
     """Why the workaround exists; when a Prefect upgrade makes this fail, drop flows/heartbeats.py."""
     heartbeats.install()
     assert heartbeats.prefects_own is not None and heartbeats.prefects_own is not heartbeats.send_heartbeats
-    with prefects_own_heartbeats():
-        run_id, theirs = teardown_seconds()
+    monkeypatch.setattr(engine_module, "_send_heartbeats", heartbeats.prefects_own)
+    run_id, theirs = teardown_seconds()
     assert theirs > 0.7, f"Prefect's own heartbeats let the run end {theirs:.2f} s after its work"
     assert heartbeats_of(run_id)
 
@@ -93,16 +82,12 @@ def test_a_run_with_heartbeats_off_starts_no_thread():
     assert heartbeats_of(run_id, timeout=3) == []
 
 
-def test_a_prefect_whose_heartbeats_changed_shape_keeps_its_own():
+def test_a_prefect_whose_heartbeats_changed_shape_keeps_its_own(monkeypatch):
     heartbeats.install()
-    ours = engine_module._send_heartbeats
 
     def changed(engine, join_on_exit=True, grace_seconds=2.0):  # noqa: ANN001, ARG001 - a future Prefect's
         raise AssertionError("never called here")
 
-    engine_module._send_heartbeats = changed
-    try:
-        assert heartbeats.install() is False
-        assert engine_module._send_heartbeats is changed
-    finally:
-        engine_module._send_heartbeats = ours
+    monkeypatch.setattr(engine_module, "_send_heartbeats", changed)
+    assert heartbeats.install() is False
+    assert engine_module._send_heartbeats is changed
